@@ -1,0 +1,94 @@
+"""The Celery app: queues generated from the provider registry, safe defaults, one place.
+
+Why these settings:
+- JSON only: a pickle-accepting worker runs whatever a producer sends it.
+- ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acked after it ran, and
+  a pool child killed mid-task puts its task back instead of dropping it. The outbox
+  claim makes the second run harmless.
+- prefetch 1: a delivery worker holds at most one unstarted task per process, so a slow
+  mailbox does not strand others' messages behind it.
+- ``visibility_timeout`` (MAILRELAY_VISIBILITY_TIMEOUT, 900 s): Redis redelivers an
+  unacked task after this. It must exceed the longest task (the lease,
+  MAILRELAY_LEASE_SECONDS) plus the longest countdown (MAILRELAY_COUNTDOWN_MAX), or a
+  waiting task would run twice; config.py refuses settings that break this.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery, signals
+from kombu.entity import Queue
+
+from mailrelay import metrics_server, providers
+from mailrelay.config import get_settings
+
+INTAKE_QUEUE = "mailrelay.intake"
+CONTROL_QUEUE = "mailrelay.control"
+SEND_TASK = "mailrelay.send"
+DELIVER_TASK = "mailrelay.deliver"
+
+
+def queue_names() -> list[str]:
+    return [INTAKE_QUEUE, CONTROL_QUEUE, *(providers.queue_for(name) for name in providers.names())]
+
+
+def _beat_schedule() -> dict[str, dict[str, object]]:
+    import beat_schedule
+
+    return dict(beat_schedule.SCHEDULE)
+
+
+def make_app() -> Celery:
+    settings = get_settings()
+    celery = Celery("mailrelay", include=[
+        "mailrelay.tasks.intake", "mailrelay.tasks.deliver", "mailrelay.tasks.bench"])
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        result_backend=settings.result_backend,
+        result_expires=86400,
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_queues=[Queue(name, routing_key=name) for name in queue_names()],
+        task_default_queue=CONTROL_QUEUE,
+        task_create_missing_queues=False,
+        task_routes={SEND_TASK: {"queue": INTAKE_QUEUE}},
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        task_ignore_result=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        enable_utc=True,
+        timezone="UTC",
+        beat_schedule=_beat_schedule(),
+        worker_hijack_root_logger=True,
+    )
+    return celery
+
+
+metrics_server.prepare(get_settings().metrics_port)
+app = make_app()
+
+
+@signals.worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    if get_settings().metrics_port:
+        metrics_server.serve(get_settings().metrics_port)
+
+
+@signals.worker_process_shutdown.connect
+def _child_metrics_done(**_: Any) -> None:
+    metrics_server.child_exited(os.getpid())
+
+
+@signals.worker_shutdown.connect
+def _metrics_cleanup(**_: Any) -> None:
+    metrics_server.cleanup()

@@ -1,0 +1,29 @@
+"""Printing data: JSON for scripts, a table for people."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
+    grid = Table(title=title)
+    for column in columns:
+        grid.add_column(column)
+    for row in rows:
+        grid.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+    console = Console()
+    if not console.is_terminal:  # a pipe or a log: do not squeeze columns into 80
+        console = Console(width=200)
+    console.print(grid)

@@ -1,0 +1,234 @@
+"""Every MAILRELAY_* setting, in one table, read once and validated at start.
+
+A process that would run with a bad setting stops instead, with an error that names the
+variable. ``Settings`` is frozen; secrets never appear in its ``repr``.
+
+Redis database numbers are assigned here and nowhere else: the broker uses the
+database in ``MAILRELAY_BROKER_URL`` (0 by default), results 1, mailrelay's own keys
+(locks, token cache, rate limits, rollout state, sink faults) 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from mailrelay.errors import ConfigError
+
+PREFIX = "MAILRELAY_"
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def coerce(raw: str) -> str:
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes:
+            raise ValueError(f"expected a URL with scheme {' or '.join(schemes)}")
+        if not parts.netloc and not parts.scheme.startswith("sqlite"):
+            raise ValueError("expected a host in the URL")
+        return raw
+
+    return coerce
+
+
+def _number(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:
+    noun = "a whole number" if kind is int else "a number"
+
+    def coerce(raw: str) -> Any:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"expected {noun}") from None
+        if not low <= value <= high:
+            raise ValueError(f"expected a number from {low} to {high}")
+        return value
+
+    return coerce
+
+
+def _int(low: int, high: int) -> Callable[[str], int]:
+    return _number(int, low, high)
+
+
+def _float(low: float, high: float) -> Callable[[str], float]:
+    return _number(float, low, high)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def coerce(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return value
+
+    return coerce
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("expected a non-empty value")
+    return raw.strip()
+
+
+def _optional_url(*schemes: str) -> Callable[[str], str]:
+    strict = _url(*schemes)
+    return lambda raw: "" if raw == "" else strict(raw)
+
+
+def _default_database_url() -> str:
+    return f"sqlite:///{Path.cwd() / 'mailrelay.db'}"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table: attribute, coercion, default (a string, as it would be set)."""
+
+    attr: str
+    coerce: Callable[[str], Any]
+    default: str | Callable[[], str]
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.attr.upper()
+
+
+_REDIS = ("redis", "rediss")
+_HTTP = ("http", "https")
+
+TABLE: tuple[Setting, ...] = (
+    # Services
+    Setting("broker_url", _url(*_REDIS, "amqp", "amqps"), "redis://127.0.0.1:6379/0",
+            "Celery broker; Redis is the supported transport"),
+    Setting("result_backend", _url(*_REDIS), "redis://127.0.0.1:6379/1",
+            "where mailrelay.send keeps its return value for producers that wait on it"),
+    Setting("redis_url", _url(*_REDIS), "redis://127.0.0.1:6379/2",
+            "mailrelay's own keys: locks, token cache, rate limits, rollout state"),
+    Setting("database_url", _url("sqlite", "postgresql", "postgresql+psycopg2"),
+            _default_database_url, "the outbox: SQLite file by default, PostgreSQL in production"),
+    # The next three are contract names read by work still to come (rollout controller,
+    # metric export, encrypted account secrets); they are validated already.
+    Setting("prometheus_url", _optional_url(*_HTTP), "", "Prometheus HTTP API for the rollout controller"),
+    Setting("pushgateway_url", _optional_url(*_HTTP), "", "Pushgateway for beat's metric export"),
+    Setting("secret_key", str, "", "Fernet key(s), comma-separated, newest first", secret=True),
+    Setting("metrics_port", _int(0, 65535), "0", "workers serve /metrics here; 0 turns it off"),
+    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
+    Setting("db_pool_size", _int(1, 64), "2", "database connections kept per process"),
+    # Delivery
+    Setting("lease_seconds", _int(10, 3600), "120",
+            "how long a claim on a message lasts; longer than any provider call"),
+    Setting("provider_timeout", _float(1, 600), "30",
+            "seconds a provider HTTP call may take (HTTP providers; the lease must exceed it)"),
+    Setting("visibility_timeout", _int(60, 86400), "900",
+            "seconds before Redis redelivers an unacked task; above lease + countdown bound"),
+    Setting("countdown_max", _int(1, 300), "60",
+            "longest retry wait kept as a Celery countdown; longer waits are parked in the DB"),
+    Setting("retry_max_attempts", _int(1, 100), "10", "attempts before a retryable error fails"),
+    Setting("retry_max_age", _int(60, 7 * 86400), "86400", "seconds after intake that retries stop"),
+    Setting("retry_base", _float(0.1, 600), "2", "first backoff step, seconds"),
+    Setting("retry_cap", _float(1, 86400), "900", "longest backoff step, seconds"),
+    Setting("max_message_bytes", _int(1024, 200 * 1024 * 1024), str(36 * 1024 * 1024),
+            "largest message accepted at intake, whatever the provider"),
+    Setting("sink_latency_ms", _int(0, 60_000), "0",
+            "the sink provider waits this long per send, standing in for a provider round trip"),
+    Setting("operator", str, "", "name recorded in the audit table for CLI actions (default: $USER)"),
+)
+
+_BY_ENV = {setting.env: setting for setting in TABLE}
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str
+    result_backend: str
+    redis_url: str
+    database_url: str
+    prometheus_url: str
+    pushgateway_url: str
+    secret_key: str = field(repr=False)
+    metrics_port: int
+    log_level: str
+    db_pool_size: int
+    lease_seconds: int
+    provider_timeout: float
+    visibility_timeout: int
+    countdown_max: int
+    retry_max_attempts: int
+    retry_max_age: int
+    retry_base: float
+    retry_cap: float
+    max_message_bytes: int
+    sink_latency_ms: int
+    operator: str
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and check every setting; raise ConfigError naming the first bad variable."""
+    env = os.environ if environ is None else environ
+    for name in env:
+        if name.startswith(PREFIX) and name not in _BY_ENV:
+            hint = difflib.get_close_matches(name, list(_BY_ENV), n=1)
+            suggestion = f"; did you mean {hint[0]}?" if hint else ""
+            raise ConfigError(f"{name} is not a mailrelay setting{suggestion}")
+    values: dict[str, Any] = {}
+    for setting in TABLE:
+        raw = env.get(setting.env)
+        if raw is None:
+            raw = setting.default() if callable(setting.default) else setting.default
+        try:
+            values[setting.attr] = setting.coerce(raw)
+        except ValueError as err:
+            shown = "(hidden)" if setting.secret else repr(raw)
+            raise ConfigError(f"{setting.env}={shown}: {err}") from None
+    settings = Settings(**values)
+    _check_together(settings)
+    return settings
+
+
+def _check_together(settings: Settings) -> None:
+    if settings.visibility_timeout <= settings.lease_seconds + settings.countdown_max:
+        # A countdown task held unacked past the visibility timeout is delivered twice.
+        raise ConfigError(
+            "MAILRELAY_VISIBILITY_TIMEOUT must exceed MAILRELAY_LEASE_SECONDS + "
+            "MAILRELAY_COUNTDOWN_MAX"
+        )
+    if settings.lease_seconds <= settings.provider_timeout:
+        raise ConfigError("MAILRELAY_LEASE_SECONDS must exceed MAILRELAY_PROVIDER_TIMEOUT")
+    if settings.retry_cap < settings.retry_base:
+        raise ConfigError("MAILRELAY_RETRY_CAP must be at least MAILRELAY_RETRY_BASE")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, loaded on first use."""
+    return load()
+
+
+def describe() -> list[dict[str, str]]:
+    """The table as data, for `mailrelay --help` style listings and the README."""
+    rows = []
+    for setting in TABLE:
+        default = setting.default if isinstance(setting.default, str) else "./mailrelay.db"
+        rows.append({"variable": setting.env, "default": default, "meaning": setting.help})
+    return rows
+
+
+assert {f.name for f in fields(Settings)} == {s.attr for s in TABLE}, "table and Settings differ"
+
+
+def operator_name(settings: Settings) -> str:
+    """Who an operator action is recorded as: MAILRELAY_OPERATOR, else the login name."""
+    import getpass
+
+    if settings.operator:
+        return settings.operator
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,130 @@
+"""One delivery attempt: claim, (verify,) send, record. Knows nothing of Celery.
+
+The sequence that makes the effect exactly once:
+1. claim: a conditional UPDATE gives this worker a lease and opens an attempt row;
+2. if the previous attempt may have reached the provider, ask the provider first;
+3. call the provider with no database transaction open;
+4. finish: a conditional UPDATE on (state, lease owner) records the outcome.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from mailrelay import providers
+from mailrelay.config import get_settings
+from mailrelay.errors import MailrelayError, ProviderError, ValidationError
+from mailrelay.logctx import get_logger
+from mailrelay.message import validate
+from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST
+from mailrelay.providers.base import Outbound, ProviderAdapter
+from mailrelay.retry import RetryLimits, decide
+from mailrelay.store import outbox
+from mailrelay.store.outbox import Claim, Outcome
+from mailrelay.store.states import State
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the task needs to know afterwards: the outcome, and whether to come back."""
+
+    message_id: str
+    state: str | None
+    provider: str | None = None
+    retry_in: float | None = None
+
+
+def deliver(message_id: str, *, worker: str) -> Report:
+    settings = get_settings()
+    claim = outbox.claim(message_id, worker=worker, lease_seconds=settings.lease_seconds)
+    if claim is None:
+        return _not_claimed(message_id)
+    started = time.perf_counter()
+    outcome = _attempt(claim)
+    latency = time.perf_counter() - started
+    DELIVERY_SECONDS.labels(provider=claim.provider).observe(latency)
+    DELIVERIES.labels(provider=claim.provider, result=outcome.state.value,
+                      code=outcome.code or "").inc()
+    held = outbox.finish(claim, outcome, latency_ms=round(latency * 1000))
+    if not held:
+        LEASES_LOST.labels(provider=claim.provider).inc()
+        log.warning("lease lost before the attempt finished; the new owner decides")
+        return Report(message_id, None, claim.provider)
+    retry_in = None
+    if outcome.state is State.RETRYING and outcome.next_attempt_at is not None:
+        wait = (outcome.next_attempt_at - outbox.utcnow()).total_seconds()
+        # Longer waits stay parked in next_attempt_at for the reconciler: a countdown
+        # beyond the broker's visibility timeout would run twice.
+        if wait <= settings.countdown_max:
+            retry_in = max(wait, 0.0)
+    return Report(message_id, outcome.state.value, claim.provider, retry_in)
+
+
+def _attempt(claim: Claim) -> Outcome:
+    try:
+        adapter = providers.get(claim.provider)
+        out = _outbound(claim)
+        if claim.verify:
+            verified = _verify(adapter, out)
+            if verified is not None:
+                return verified
+        result = adapter.send(out)
+        return Outcome(State.SENT, provider_message_id=result.provider_message_id)
+    except ValidationError as err:
+        # The stored payload no longer validates (a corrupt row): sending it is impossible.
+        return Outcome(State.FAILED, code=err.code, detail=f"stored payload: {err}")
+    except MailrelayError as err:
+        return _after_error(err, claim)
+    except Exception as err:  # an adapter bug: the request may have left, so verify next time
+        log.exception("unexpected error in provider %s", claim.provider)
+        wrapped = ProviderError("internal_error", type(err).__name__, provider=claim.provider,
+                                sent_unknown=True)
+        return _after_error(wrapped, claim)
+
+
+def _verify(adapter: ProviderAdapter, out: Outbound) -> Outcome | None:
+    if not adapter.capabilities.can_verify:
+        # Nothing to ask (SMTP): resend, and say so in the attempt row.
+        return None
+    found = adapter.find_sent(out)
+    if found is None:
+        return None
+    return Outcome(State.SENT, provider_message_id=found,
+                   note="the provider already had this Message-ID; not sent again")
+
+
+def _after_error(err: MailrelayError, claim: Claim) -> Outcome:
+    limits = RetryLimits.from_settings(get_settings())
+    outcome = decide(err, attempt=claim.attempt_number, created_at=claim.created_at,
+                     now=outbox.utcnow(), limits=limits)
+    log.info("attempt %d ended %s (%s)", claim.attempt_number, outcome.state.value, err.code)
+    return outcome
+
+
+def _outbound(claim: Claim) -> Outbound:
+    try:
+        raw = json.loads(claim.payload)
+    except (TypeError, ValueError) as err:
+        raise ValidationError("invalid_message", "the stored payload is not JSON") from err
+    # Re-validation is the parser of the stored form; no size check (done at intake).
+    message = validate(raw, max_message_bytes=None, max_recipients=2**31)
+    return Outbound(message=message, message_id=claim.message_id,
+                    rfc822_message_id=claim.rfc822_message_id, date=claim.created_at,
+                    attempt_number=claim.attempt_number)
+
+
+def _not_claimed(message_id: str) -> Report:
+    """Nothing to send now: say why, and whether a near retry is due (clock skew, twins)."""
+    found = outbox.brief(message_id)
+    if found is None:
+        log.warning("no message with this id; task dropped")
+        return Report(message_id, None)
+    if found.state == State.RETRYING and found.next_attempt_at is not None:
+        wait = (found.next_attempt_at - outbox.utcnow()).total_seconds()
+        if 0 < wait <= get_settings().countdown_max:
+            return Report(message_id, found.state, found.provider, retry_in=wait)
+    return Report(message_id, found.state, found.provider)

@@ -1,0 +1,99 @@
+"""Child processes for the demo and the benchmark: a private Redis when none answers,
+and mailrelay workers, each in its own process group so that stopping leaves nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+
+class StackError(RuntimeError):
+    """A child process could not be started or did not come up."""
+
+
+def redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Stack:
+    """The processes started so far; ``stop`` ends them all, newest first."""
+
+    workdir: Path
+    processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.workdir / f"{name}.log").open("ab")
+        process = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=log,
+                                   stderr=subprocess.STDOUT, start_new_session=True,
+                                   cwd=self.workdir)
+        self.processes.append((name, process))
+        return process
+
+    def start_redis(self) -> str:
+        """Start a private redis-server on a free port (nothing kept on disk); return its URL."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise StackError("no Redis answers and redis-server is not installed; "
+                               "install it (Debian: apt-get install redis-server) or set "
+                               "MAILRELAY_REDIS_URL and MAILRELAY_BROKER_URL")
+        port = free_port()
+        self.start("redis", [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(self.workdir.resolve())])
+        url = f"redis://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while not redis_answers(url):
+            if time.monotonic() > deadline:
+                raise StackError("the private redis-server did not start; see redis.log")
+            time.sleep(0.1)
+        return url
+
+    def start_worker(self, profile: str, env: dict[str, str] | None = None,
+                     concurrency: int | None = None) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-m", "mailrelay.cli", "worker", "--profile", profile]
+        if concurrency:
+            argv += ["--concurrency", str(concurrency)]
+        return self.start(f"worker-{profile}", argv, env)
+
+    def wait_log(self, name: str, needle: str, timeout: float = 60) -> None:
+        path = self.workdir / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and needle in path.read_text(errors="replace"):
+                return
+            for proc_name, process in self.processes:
+                if proc_name == name and process.poll() is not None:
+                    raise StackError(f"{name} exited; see {path}")
+            time.sleep(0.2)
+        raise StackError(f"{name} did not say {needle!r} in {timeout}s; see {path}")
+
+    def stop(self) -> None:
+        for _name, process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _name, process in reversed(self.processes):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):  # pool children outliving the parent
+                os.killpg(process.pid, signal.SIGKILL)
+        self.processes.clear()

@@ -1,0 +1,101 @@
+"""Intake: validate, persist, decide the provider. Shared by the task and the client.
+
+Validation failures are stored too (state `rejected`, with the code), so that a producer
+and on-call can look up every request they made. Enqueueing the delivery is the
+caller's job (``tasks.enqueue_delivery``): this module knows nothing of Celery.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mailrelay import providers
+from mailrelay.config import get_settings
+from mailrelay.errors import ValidationError
+from mailrelay.message import Message, mime_size, validate
+from mailrelay.metrics import INTAKE
+from mailrelay.store import outbox
+from mailrelay.store.outbox import AccountRef, IntakeResult
+
+
+@dataclass(frozen=True)
+class Accepted:
+    result: IntakeResult
+    provider: str | None
+
+    @property
+    def should_route(self) -> bool:
+        # A repeat of a queued message is routed again: its first routing may have been
+        # lost with the process that made it, and a second deliver task is harmless.
+        return self.result.state == "queued"
+
+
+def take_in(raw: object, *, request_id: str | None, actor: str) -> Accepted:
+    account: AccountRef | None = None
+    try:
+        message = validate(raw, max_message_bytes=get_settings().max_message_bytes,
+                           max_recipients=1_000_000)
+        account = _account_for(message)
+        provider = _provider_for(message, account)
+        size = _check_capabilities(message, provider)
+        result = outbox.accept(message, account, request_id=request_id, actor=actor,
+                               size_bytes=size)
+    except ValidationError as err:
+        result = outbox.reject(raw, err, request_id=request_id, actor=actor, account=account,
+                               from_address=_raw_from(raw))
+        INTAKE.labels(result="rejected", code=err.code).inc()
+        return Accepted(result, None)
+    INTAKE.labels(result="accepted" if result.created else "repeated", code="").inc()
+    return Accepted(result, provider)
+
+
+def _account_for(message: Message) -> AccountRef:
+    account = outbox.find_account(message.sender.address)
+    if account is None:
+        raise ValidationError("unknown_account", "no account is registered for the from address",
+                              field="from")
+    if account.state == "disabled":
+        raise ValidationError("account_disabled", "the sending account is disabled", field="from")
+    return account
+
+
+def _provider_for(message: Message, account: AccountRef) -> str:
+    provider = message.provider or account.provider
+    providers.queue_for(provider)  # raises unknown_provider with a hint
+    if provider != account.provider:
+        raise ValidationError("invalid_message",
+                              f"the account sends through {account.provider}, not {provider}",
+                              field="provider")
+    return provider
+
+
+def _check_capabilities(message: Message, provider: str) -> int:
+    caps = providers.capabilities(provider)
+    if len(message.recipients) > caps.max_recipients:
+        raise ValidationError("too_many_recipients",
+                              f"{len(message.recipients)} recipients; {provider} allows "
+                              f"{caps.max_recipients}", field="to")
+    # The form with Bcc is the larger one (the Gmail API sends it inside the message).
+    size = mime_size(message, include_bcc=True)
+    if size > caps.max_message_bytes:
+        raise ValidationError("message_too_large",
+                              f"{size} bytes; {provider} allows {caps.max_message_bytes}")
+    if message.inline and not caps.inline_images:
+        raise ValidationError("invalid_attachment", f"{provider} cannot send inline images",
+                              field="inline")
+    return size
+
+
+def _raw_from(raw: object) -> str | None:
+    if isinstance(raw, dict):
+        value = raw.get("from")
+        if isinstance(value, str):
+            return value.strip().lower()[:320]
+    return None
+
+
+def reject_call(detail: str, *, request_id: str | None, actor: str) -> IntakeResult:
+    """A task call that carries no message at all (wrong arguments)."""
+    err = ValidationError("invalid_message", detail)
+    INTAKE.labels(result="rejected", code=err.code).inc()
+    return outbox.reject(None, err, request_id=request_id, actor=actor)

@@ -1,0 +1,25 @@
+"""Every Prometheus metric mailrelay exports, declared once.
+
+Labels are bounded: ``provider``, ``queue``, ``code``, ``result``; never an address, a
+message id or an account.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+INTAKE = Counter("mailrelay_intake_total", "Send requests taken in, by result and code",
+                 ["result", "code"])
+DELIVERIES = Counter("mailrelay_deliveries_total",
+                     "Delivery attempts that ended, by provider, result and code",
+                     ["provider", "result", "code"])
+DELIVERY_SECONDS = Histogram(
+    "mailrelay_delivery_seconds", "Time of one provider send, verification included",
+    ["provider"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+TASK_SECONDS = Histogram("mailrelay_task_seconds", "Time of one task run", ["queue"],
+                         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+TASK_RETRIES = Counter("mailrelay_task_retries_total",
+                       "Tasks retried because a dependency of mailrelay failed", ["queue", "code"])
+LEASES_LOST = Counter("mailrelay_leases_lost_total",
+                      "Attempts that ended after another worker took the message over",
+                      ["provider"])

@@ -1,0 +1,92 @@
+"""The provider adapter contract: one fixed sequence, hooks filled in per provider.
+
+``ProviderAdapter.send`` runs prepare → transmit → parse and turns anything a provider
+SDK or the network raises into a ``ProviderError`` with a stable code. A provider module
+declares its limits as ``Capabilities`` data, which intake validation and the README's
+feature table read; nothing outside the provider module and the registry branches on a
+provider's name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from mailrelay.errors import MailrelayError, ProviderError
+from mailrelay.message import Message
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    max_recipients: int
+    max_message_bytes: int
+    inline_images: bool
+    # How messages above the simple request limit travel, or None if they cannot.
+    large_message_path: str | None
+    # The provider's documented per-mailbox sending rate, the default of the rate limiter.
+    sends_per_minute: int | None
+    # Whether the adapter can tell if a Message-ID was already sent (exactly-once recovery).
+    can_verify: bool
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One message on its way out, with the identities fixed at intake."""
+
+    message: Message
+    message_id: str
+    rfc822_message_id: str
+    date: dt.datetime
+    attempt_number: int
+
+
+@dataclass(frozen=True)
+class SendResult:
+    provider_message_id: str | None
+
+
+class ProviderAdapter:
+    """Base of every provider. Subclasses set ``name`` and ``capabilities`` and fill the hooks."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def send(self, out: Outbound) -> SendResult:
+        """Send once. Raises ProviderError only; ``sent_unknown`` says the send may have happened."""
+        prepared = self.prepare(out)
+        try:
+            response = self.transmit(out, prepared)
+        except MailrelayError:
+            raise
+        except Exception as err:
+            raise self.classify(err) from err
+        return self.parse(out, response)
+
+    def find_sent(self, out: Outbound) -> str | None:
+        """The provider's id for an earlier send of ``out.rfc822_message_id``, or None.
+
+        Only called when ``capabilities.can_verify`` is true.
+        """
+        raise self._missing("find_sent")
+
+    # Hooks -----------------------------------------------------------------------------
+    def prepare(self, out: Outbound) -> Any:
+        """Build the provider request (MIME, JSON...). Pure: no I/O."""
+        raise self._missing("prepare")
+
+    def transmit(self, out: Outbound, prepared: Any) -> Any:
+        """Do the I/O. May raise anything; ``classify`` maps what is not a ProviderError."""
+        raise self._missing("transmit")
+
+    def parse(self, out: Outbound, response: Any) -> SendResult:
+        """Read the provider's answer into a SendResult."""
+        raise self._missing("parse")
+
+    def classify(self, err: Exception) -> ProviderError:
+        """Map an unexpected exception from ``transmit``. The safe default: outcome unknown."""
+        return ProviderError("internal_error", type(err).__name__, provider=self.name,
+                             sent_unknown=True)
+
+    def _missing(self, hook: str) -> NotImplementedError:
+        return NotImplementedError(f"{type(self).__name__}.{hook} is not implemented")

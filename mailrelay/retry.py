@@ -1,0 +1,56 @@
+"""The retry policy, in one place: what a failed attempt turns into.
+
+Exponential backoff with full jitter (a random wait between 0 and base·2^(n-1), capped),
+a maximum number of attempts and a maximum age counted from intake. A provider's
+Retry-After is honored exactly: the next attempt is never earlier. Permanent codes never
+retry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+from mailrelay.config import Settings
+from mailrelay.errors import MailrelayError, ProviderError
+from mailrelay.store.outbox import Outcome
+from mailrelay.store.states import State
+
+MIN_WAIT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RetryLimits:
+    max_attempts: int
+    max_age: dt.timedelta
+    base: float
+    cap: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryLimits:
+        return cls(settings.retry_max_attempts, dt.timedelta(seconds=settings.retry_max_age),
+                   settings.retry_base, settings.retry_cap)
+
+
+def backoff(attempt: int, limits: RetryLimits, rng: random.Random | None = None) -> float:
+    """Seconds to wait after attempt number ``attempt`` (1-based), full jitter."""
+    ceiling = min(limits.cap, limits.base * 2 ** min(attempt - 1, 32))
+    return max(MIN_WAIT_SECONDS, (rng or random).uniform(0, ceiling))
+
+
+def decide(err: MailrelayError, *, attempt: int, created_at: dt.datetime, now: dt.datetime,
+           limits: RetryLimits, rng: random.Random | None = None) -> Outcome:
+    sent_unknown = isinstance(err, ProviderError) and err.sent_unknown
+    if not err.retryable:
+        return Outcome(State.FAILED, code=err.code, detail=str(err))
+    if attempt >= limits.max_attempts:
+        return Outcome(State.FAILED, code=err.code,
+                       detail=f"{err} (gave up after {attempt} attempts)")
+    wait = err.retry_after if err.retry_after is not None else backoff(attempt, limits, rng)
+    at = now + dt.timedelta(seconds=max(wait, 0.0))
+    if at > created_at + limits.max_age:
+        return Outcome(State.FAILED, code=err.code,
+                       detail=f"{err} (retry window of {limits.max_age} closed)")
+    return Outcome(State.RETRYING, code=err.code, detail=str(err), next_attempt_at=at,
+                   verify=sent_unknown)

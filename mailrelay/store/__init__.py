@@ -1,0 +1,1 @@
+"""The outbox: models, migrations, state machine and the operations on them."""

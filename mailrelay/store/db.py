@@ -1,0 +1,79 @@
+"""Engines and sessions, one engine per process.
+
+Celery's prefork pool forks after the app is imported; a connection inherited across
+fork is shared by two processes and corrupts both. Engines are therefore cached per pid.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy.orm import Session, sessionmaker
+
+from mailrelay.config import get_settings
+from mailrelay.errors import TransientInfraError
+
+_engines: dict[tuple[int, str], Engine] = {}
+
+
+def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets workers read while one writes; busy_timeout turns lock contention into waiting.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str, pool_size: int = 2) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        # No pre-ping: it costs a round trip per checkout on the hot path. A dead
+        # connection surfaces as OperationalError, which retries the task instead.
+        pool_pre_ping=False,
+        pool_recycle=1800,
+        connect_args={"connect_timeout": 10, "application_name": "mailrelay"},
+    )
+
+
+def get_engine(url: str | None = None) -> Engine:
+    settings = get_settings()
+    url = url or settings.database_url
+    key = (os.getpid(), url)
+    engine = _engines.get(key)
+    if engine is None:
+        engine = _engines[key] = make_engine(url, settings.db_pool_size)
+    return engine
+
+
+def dispose_all() -> None:
+    """Forget every engine (after fork, or between tests) without touching inherited sockets."""
+    for (pid, _url), engine in list(_engines.items()):
+        engine.dispose(close=pid == os.getpid())
+    _engines.clear()
+
+
+def session(url: str | None = None) -> Session:
+    return sessionmaker(get_engine(url), expire_on_commit=False)()
+
+
+@contextmanager
+def db_errors() -> Iterator[None]:
+    """Turn 'the database is away' into a retryable error; let real bugs through."""
+    try:
+        yield
+    except (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError) as err:
+        raise TransientInfraError(
+            "database_unavailable", type(getattr(err, "orig", None) or err).__name__) from err

@@ -1,0 +1,356 @@
+"""Outbox operations: intake, claim, finish. Every state change goes through here.
+
+Each transition is one conditional UPDATE (compare-and-set on the current state, and on
+the lease owner where there is one) plus its audit row, in one transaction. The deliver
+path costs two transactions: claim before the provider call and finish after it; no
+transaction is open while the provider is called.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from mailrelay.errors import ValidationError
+from mailrelay.message import Message, make_message_id
+from mailrelay.store.db import db_errors, get_engine
+from mailrelay.store.models import ACCOUNTS, ATTEMPTS, AUDIT, MESSAGES
+from mailrelay.store.states import State, check
+
+messages = MESSAGES
+attempts = ATTEMPTS
+audit = AUDIT
+accounts = ACCOUNTS
+
+RAW_PAYLOAD_LIMIT = 64 * 1024
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class AccountRef:
+    id: int
+    address: str
+    provider: str
+    state: str
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    message_id: str
+    state: str
+    error_code: str | None
+    created: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.message_id, "state": self.state, "error_code": self.error_code}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A worker's right to send one message until ``lease_expires_at``."""
+
+    message_id: str
+    owner: str
+    attempt_id: str
+    attempt_number: int
+    provider: str
+    from_address: str
+    rfc822_message_id: str
+    payload: str
+    created_at: dt.datetime
+    lease_expires_at: dt.datetime
+    # The previous attempt may have reached the provider: ask before sending again.
+    verify: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: State
+    provider_message_id: str | None = None
+    code: str | None = None
+    detail: str | None = None
+    next_attempt_at: dt.datetime | None = None
+    verify: bool = False
+    note: str | None = None
+
+
+def _audit(conn: Connection, message_id: str | None, actor: str, action: str, *, now: dt.datetime,
+           from_state: str | None = None, to_state: str | None = None, code: str | None = None,
+           reason: str | None = None) -> None:
+    conn.execute(insert(audit).values(message_id=message_id, at=now, actor=actor[:200], action=action,
+                                      from_state=from_state, to_state=to_state, code=code, reason=reason))
+
+
+# --- accounts ---------------------------------------------------------------------------
+
+def find_account(address: str) -> AccountRef | None:
+    with db_errors(), get_engine().connect() as conn:
+        row = conn.execute(
+            select(accounts.c.id, accounts.c.address, accounts.c.provider, accounts.c.state)
+            .where(accounts.c.address == address.lower())
+        ).first()
+    return AccountRef(*row) if row else None
+
+
+# --- intake -----------------------------------------------------------------------------
+
+def _existing(conn: Connection, where: Any) -> IntakeResult | None:
+    row = conn.execute(select(messages.c.id, messages.c.state, messages.c.error_code,
+                              messages.c.content_hash).where(where)).first()
+    return IntakeResult(row.id, row.state, row.error_code, created=False) if row else None
+
+
+def _raw_payload(raw: object) -> str | None:
+    try:
+        text = json.dumps(raw, sort_keys=True, default=repr)
+    except (TypeError, ValueError, RecursionError):
+        return None
+    return text if len(text) <= RAW_PAYLOAD_LIMIT else None
+
+
+def accept(message: Message, account: AccountRef, *, request_id: str | None, actor: str,
+           size_bytes: int) -> IntakeResult:
+    """Persist an accepted message as `queued`, or return the earlier one it repeats.
+
+    Raises ValidationError(idempotency_conflict) when the key names other content; the
+    caller stores that as a rejection.
+    """
+    now = utcnow()
+    message_id = str(uuid.uuid4())
+    content_hash = message.content_hash()
+    values = {
+        "id": message_id, "request_id": request_id, "account_id": account.id,
+        "from_address": message.sender.address.lower(), "provider": account.provider,
+        "state": State.QUEUED.value, "idempotency_key": message.idempotency_key,
+        "content_hash": content_hash,
+        "rfc822_message_id": make_message_id(uuid.UUID(message_id).hex, message.sender.domain),
+        "payload": json.dumps(message.to_payload(), separators=(",", ":")),
+        "size_bytes": size_bytes, "recipient_count": len(message.recipients),
+        "attempt_count": 0, "verify_before_send": False, "created_at": now, "updated_at": now,
+    }
+    for _ in range(2):  # a concurrent twin may win the insert; the second pass finds it
+        try:
+            with db_errors(), get_engine().begin() as conn:
+                earlier = _find_earlier(conn, request_id, account.id, message.idempotency_key,
+                                        content_hash)
+                if earlier is not None:
+                    return earlier
+                conn.execute(insert(messages).values(values))
+                _audit(conn, message_id, actor, "intake", now=now, to_state=State.QUEUED)
+                return IntakeResult(message_id, State.QUEUED, None, created=True)
+        except IntegrityError:
+            continue
+    raise RuntimeError("intake could neither insert nor find the message")  # pragma: no cover
+
+
+def _find_earlier(conn: Connection, request_id: str | None, account_id: int, key: str | None,
+                  content_hash: str) -> IntakeResult | None:
+    if request_id is not None:
+        earlier = _existing(conn, messages.c.request_id == request_id)
+        if earlier is not None:
+            return earlier
+    if key is None:
+        return None
+    row = conn.execute(select(messages.c.id, messages.c.state, messages.c.error_code,
+                              messages.c.content_hash)
+                       .where(messages.c.account_id == account_id, messages.c.idempotency_key == key)
+                       ).first()
+    if row is None:
+        return None
+    if row.content_hash != content_hash:
+        raise ValidationError("idempotency_conflict", "the key was used for a different message")
+    return IntakeResult(row.id, row.state, row.error_code, created=False)
+
+
+def reject(raw: object, error: ValidationError, *, request_id: str | None, actor: str,
+           account: AccountRef | None = None, from_address: str | None = None) -> IntakeResult:
+    """Store a request that cannot be sent as `rejected`, with its code, once per request id."""
+    now = utcnow()
+    message_id = str(uuid.uuid4())
+    row = dict(id=message_id, request_id=request_id, account_id=account.id if account else None,
+               from_address=(from_address or "")[:320] or None,
+               provider=account.provider if account else None, state=State.REJECTED.value,
+               payload=_raw_payload(raw), error_code=error.code, error_detail=error.detail,
+               attempt_count=0, verify_before_send=False, created_at=now, updated_at=now)
+    for _ in range(2):
+        try:
+            with db_errors(), get_engine().begin() as conn:
+                if request_id is not None:
+                    earlier = _existing(conn, messages.c.request_id == request_id)
+                    if earlier is not None:
+                        return earlier
+                conn.execute(insert(messages).values(row))
+                _audit(conn, message_id, actor, "intake", now=now, to_state=State.REJECTED,
+                       code=error.code)
+                return IntakeResult(message_id, State.REJECTED, error.code, created=True)
+        except IntegrityError:
+            continue
+    raise RuntimeError("intake could neither insert nor find the rejection")  # pragma: no cover
+
+
+# --- delivery ---------------------------------------------------------------------------
+
+_CLAIMABLE = frozenset({State.QUEUED, State.RETRYING, State.SENDING})
+
+
+def claim(message_id: str, *, worker: str, lease_seconds: int,
+          now: dt.datetime | None = None) -> Claim | None:
+    """Take the message for one attempt, or return None if it is not ours to send now.
+
+    Claimable: `queued`; `retrying` once due; `sending` whose lease has expired (its
+    attempt's outcome is unknown, so the new claim must verify before sending).
+    """
+    check(set(_CLAIMABLE), State.SENDING)
+    now = now or utcnow()
+    owner = f"{worker[:80]}/{uuid.uuid4().hex[:12]}"
+    expires = now + dt.timedelta(seconds=lease_seconds)
+    m = messages.c
+    claimable = or_(
+        m.state == State.QUEUED.value,
+        and_(m.state == State.RETRYING.value, or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)),
+        and_(m.state == State.SENDING.value, m.lease_expires_at < now),
+    )
+    stmt = (
+        update(messages).where(m.id == message_id, claimable)
+        .values(prev_state=m.state, state=State.SENDING.value, lease_owner=owner,
+                lease_expires_at=expires, attempt_count=m.attempt_count + 1, updated_at=now,
+                verify_before_send=case((m.state == State.SENDING.value, True),
+                                        else_=m.verify_before_send))
+        .returning(m.prev_state, m.attempt_count, m.provider, m.from_address, m.rfc822_message_id,
+                   m.payload, m.created_at, m.verify_before_send)
+    )
+    attempt_id = str(uuid.uuid4())
+    with db_errors(), get_engine().begin() as conn:
+        row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        if row.prev_state == State.SENDING.value:
+            conn.execute(update(attempts)
+                         .where(attempts.c.message_id == message_id, attempts.c.outcome.is_(None))
+                         .values(outcome="unknown", finished_at=now, error_code="internal_error",
+                                 detail="lease expired before the attempt finished"))
+        conn.execute(insert(attempts).values(id=attempt_id, message_id=message_id,
+                                             number=row.attempt_count, worker=worker[:200],
+                                             started_at=now))
+        _audit(conn, message_id, owner, "claim", now=now, from_state=row.prev_state,
+               to_state=State.SENDING)
+    return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
+                 attempt_number=row.attempt_count, provider=row.provider,
+                 from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
+                 payload=row.payload, created_at=row.created_at, lease_expires_at=expires,
+                 verify=bool(row.verify_before_send))
+
+
+def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
+           now: dt.datetime | None = None) -> bool:
+    """Record the attempt and move the message on, only if this claim still holds the lease.
+
+    Returns False when the lease was lost (another worker took the message over); the
+    attempt row is still closed so that the history shows what this worker saw.
+    """
+    check({State.SENDING}, outcome.state)
+    now = now or utcnow()
+    m = messages.c
+    values: dict[str, Any] = {
+        "prev_state": m.state, "state": outcome.state.value, "updated_at": now,
+        "lease_owner": None, "lease_expires_at": None, "verify_before_send": outcome.verify,
+        "error_code": outcome.code, "error_detail": outcome.detail,
+        "next_attempt_at": outcome.next_attempt_at,
+    }
+    if outcome.state is State.SENT:
+        values.update(provider_message_id=outcome.provider_message_id, sent_at=now)
+    attempt_outcome = {State.SENT: "sent", State.RETRYING: "retry", State.FAILED: "failed"}[outcome.state]
+    detail = outcome.note or outcome.detail
+    with db_errors(), get_engine().begin() as conn:
+        moved = conn.execute(
+            update(messages)
+            .where(m.id == claim.message_id, m.state == State.SENDING.value, m.lease_owner == claim.owner)
+            .values(values)
+        ).rowcount
+        conn.execute(update(attempts).where(attempts.c.id == claim.attempt_id).values(
+            finished_at=now, outcome=attempt_outcome, error_code=outcome.code, detail=detail,
+            latency_ms=latency_ms))
+        if moved:
+            _audit(conn, claim.message_id, claim.owner, "finish", now=now,
+                   from_state=State.SENDING, to_state=outcome.state, code=outcome.code,
+                   reason=outcome.note)
+        else:
+            _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=outcome.code,
+                   reason=f"attempt ended {attempt_outcome} after the lease was lost")
+    return bool(moved)
+
+
+@dataclass(frozen=True)
+class Brief:
+    state: str
+    provider: str | None
+    next_attempt_at: dt.datetime | None
+    lease_expires_at: dt.datetime | None
+
+
+def brief(message_id: str) -> Brief | None:
+    """The few columns that say why a message could not be claimed."""
+    m = messages.c
+    with db_errors(), get_engine().connect() as conn:
+        row = conn.execute(select(m.state, m.provider, m.next_attempt_at, m.lease_expires_at)
+                           .where(m.id == message_id)).first()
+    return Brief(row.state, row.provider, row.next_attempt_at, row.lease_expires_at) if row else None
+
+
+# --- reading ----------------------------------------------------------------------------
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def status(message_id: str) -> dict[str, Any] | None:
+    """Everything on-call needs about one message, and no content."""
+    with db_errors(), get_engine().connect() as conn:
+        msg = conn.execute(select(messages).where(messages.c.id == message_id)).first()
+        if msg is None:
+            return None
+        tries = conn.execute(select(attempts).where(attempts.c.message_id == message_id)
+                             .order_by(attempts.c.number)).all()
+        history = conn.execute(select(audit).where(audit.c.message_id == message_id)
+                               .order_by(audit.c.id)).all()
+    return {
+        "id": msg.id, "state": msg.state, "error_code": msg.error_code,
+        "error_detail": msg.error_detail, "provider": msg.provider, "account": msg.from_address,
+        "message_id_header": msg.rfc822_message_id, "provider_message_id": msg.provider_message_id,
+        "idempotency_key": msg.idempotency_key, "size_bytes": msg.size_bytes,
+        "recipient_count": msg.recipient_count, "attempt_count": msg.attempt_count,
+        "created_at": _iso(msg.created_at), "updated_at": _iso(msg.updated_at),
+        "sent_at": _iso(msg.sent_at), "next_attempt_at": _iso(msg.next_attempt_at),
+        "attempts": [_attempt_dict(a) for a in tries],
+        "history": [_audit_dict(h) for h in history],
+    }
+
+
+def _attempt_dict(row: Any) -> dict[str, Any]:
+    return {"number": row.number, "worker": row.worker, "started_at": _iso(row.started_at),
+            "finished_at": _iso(row.finished_at), "outcome": row.outcome,
+            "error_code": row.error_code, "detail": row.detail, "latency_ms": row.latency_ms}
+
+
+def _audit_dict(row: Any) -> dict[str, Any]:
+    return {"at": _iso(row.at), "actor": row.actor, "action": row.action,
+            "from_state": row.from_state, "to_state": row.to_state, "code": row.code,
+            "reason": row.reason}
+
+
+def counts_by_state() -> Mapping[str, int]:
+    from sqlalchemy import func
+
+    with db_errors(), get_engine().connect() as conn:
+        rows = conn.execute(select(messages.c.state, func.count()).group_by(messages.c.state)).all()
+    return {state: count for state, count in rows}

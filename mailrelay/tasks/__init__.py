@@ -1,0 +1,1 @@
+"""Celery tasks: thin shells around intake.py and delivery.py."""

@@ -1,0 +1,24 @@
+"""``mailrelay.deliver``: one attempt for one message id; see delivery.py for the sequence."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrelay.celery_app import DELIVER_TASK, app
+from mailrelay.delivery import deliver as deliver_once
+from mailrelay.logctx import get_logger
+from mailrelay.tasks.base import MailrelayTask
+from mailrelay.tasks.routing import enqueue_delivery
+
+log = get_logger(__name__)
+
+
+@app.task(name=DELIVER_TASK, base=MailrelayTask, bind=True)
+def deliver(self: MailrelayTask, message_id: Any = None) -> str | None:
+    if not isinstance(message_id, str) or not message_id:
+        log.warning("mailrelay.deliver called without a message id; dropped")
+        return None
+    report = deliver_once(message_id, worker=self.worker_name)
+    if report.retry_in is not None and report.provider:
+        enqueue_delivery(report.message_id, report.provider, countdown=report.retry_in)
+    return report.state

@@ -1,0 +1,28 @@
+"""``mailrelay.send``: validate, persist, route. Returns the message id and its state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrelay.celery_app import SEND_TASK, app
+from mailrelay.intake import reject_call, take_in
+from mailrelay.tasks.base import MailrelayTask
+from mailrelay.tasks.routing import enqueue_delivery
+
+_MISSING: Any = object()
+
+
+@app.task(name=SEND_TASK, base=MailrelayTask, bind=True, ignore_result=False,
+          Request="mailrelay.tasks.base:RedactedRequest")
+def send(self: MailrelayTask, message: Any = _MISSING, **unexpected: Any) -> dict[str, Any]:
+    # Any call shape is accepted, so that a malformed request is stored as `rejected`
+    # with a code instead of failing inside Celery with no record.
+    if message is _MISSING or unexpected:
+        extra = f"; unexpected: {', '.join(sorted(unexpected))[:200]}" if unexpected else ""
+        result = reject_call(f"mailrelay.send takes one argument, message{extra}",
+                             request_id=self.request.id, actor=self.worker_name)
+        return result.as_dict()
+    accepted = take_in(message, request_id=self.request.id, actor=self.worker_name)
+    if accepted.should_route and accepted.provider:
+        enqueue_delivery(accepted.result.message_id, accepted.provider)
+    return accepted.result.as_dict()

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import delete
+
+from tests import services
+
+_DATABASE = services.configure_environment()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def migrated_database() -> Iterator[str]:
+    from mailrelay.store import migrate
+    from mailrelay.store.db import dispose_all
+
+    migrate.upgrade(os.environ["MAILRELAY_DATABASE_URL"])
+    yield os.environ["MAILRELAY_DATABASE_URL"]
+    dispose_all()
+    services.drop_database(_DATABASE)
+
+
+@pytest.fixture
+def clean_db(migrated_database: str) -> None:
+    """Every table emptied before the test."""
+    from mailrelay.store.db import get_engine
+    from mailrelay.store.models import Base
+
+    with get_engine().begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(delete(table))
+
+
+@pytest.fixture
+def clean_redis() -> None:
+    import redis
+
+    for number in services.REDIS_DBS.values():
+        redis.Redis.from_url(f"{services.REDIS_HOST}/{number}").flushdb()
+
+
+@pytest.fixture
+def sink_account(clean_db: None) -> str:
+    from mailrelay.store import accounts
+
+    return str(accounts.add("sink", "sender@example.com")["address"])

@@ -1,0 +1,59 @@
+"""Real `celery worker` processes for integration tests, each in its own process group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Worker:
+    def __init__(self, queues: str, *, concurrency: int = 4, pool: str = "prefork",
+                 log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
+        self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
+        self.queues = queues
+        argv = [sys.executable, "-m", "celery", "-A", "mailrelay.celery_app", "worker",
+                "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", self.name,
+                "--prefetch-multiplier", "1", "-E", "-l", "info", "--without-gossip",
+                "--without-mingle"]
+        env = {**os.environ, **(extra_env or {})}
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"worker not ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True)
+        return [int(pid) for pid in out.stdout.split()]
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        with contextlib.suppress(ProcessLookupError):  # pool children that outlived their parent
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log.close()

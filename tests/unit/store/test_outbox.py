@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from mailrelay.errors import IllegalTransition, ValidationError
+from mailrelay.message import validate
+from mailrelay.store import accounts, outbox
+from mailrelay.store.db import get_engine
+from mailrelay.store.models import Attempt, AuditEntry
+from mailrelay.store.outbox import AccountRef, Outcome
+from mailrelay.store.states import State
+
+SENDER = "sender@example.com"
+
+
+def _account() -> AccountRef:
+    accounts.add("sink", SENDER)
+    found = outbox.find_account(SENDER)
+    assert found is not None
+    return found
+
+
+def _message(**extra: Any) -> dict[str, Any]:
+    return {"from": SENDER, "to": ["rcpt@example.org"], "subject": "s", "text": "body", **extra}
+
+
+def _queued(account: AccountRef, **extra: Any) -> str:
+    return outbox.accept(validate(_message(**extra)), account, request_id=None, actor="t",
+                         size_bytes=10).message_id
+
+
+def _history(message_id: str) -> list[tuple[str | None, str | None]]:
+    audit = AuditEntry.__table__
+    with get_engine().connect() as conn:
+        rows = conn.execute(select(audit.c.from_state, audit.c.to_state)
+                            .where(audit.c.message_id == message_id, audit.c.to_state.is_not(None))
+                            .order_by(audit.c.id)).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def _attempts(message_id: str) -> list[Any]:
+    table = Attempt.__table__
+    with get_engine().connect() as conn:
+        return list(conn.execute(select(table).where(table.c.message_id == message_id)
+                                 .order_by(table.c.number)).all())
+
+
+def test_accept_queues_with_a_message_id_and_audit(backend: str) -> None:
+    account = _account()
+    result = outbox.accept(validate(_message()), account, request_id="r1", actor="t", size_bytes=10)
+    assert result.state == "queued" and result.created
+    info = outbox.status(result.message_id)
+    assert info is not None
+    assert info["message_id_header"].endswith("@example.com>")
+    assert info["provider"] == "sink" and info["attempts"] == []
+    assert _history(result.message_id) == [(None, "queued")]
+
+
+def test_a_repeated_request_id_returns_the_first_row(backend: str) -> None:
+    account = _account()
+    first = outbox.accept(validate(_message()), account, request_id="r1", actor="t", size_bytes=1)
+    again = outbox.accept(validate(_message()), account, request_id="r1", actor="t", size_bytes=1)
+    assert again.message_id == first.message_id and not again.created
+
+
+def test_idempotency_key_same_content_same_message_other_content_conflict(backend: str) -> None:
+    account = _account()
+    first = outbox.accept(validate(_message(idempotency_key="k1")), account, request_id=None,
+                          actor="t", size_bytes=1)
+    again = outbox.accept(validate(_message(idempotency_key="k1", metadata={"try": 2})), account,
+                          request_id=None, actor="t", size_bytes=1)
+    assert again.message_id == first.message_id and not again.created
+    with pytest.raises(ValidationError) as err:
+        outbox.accept(validate(_message(idempotency_key="k1", subject="other")), account,
+                      request_id=None, actor="t", size_bytes=1)
+    assert err.value.code == "idempotency_conflict"
+
+
+def test_reject_is_stored_once_per_request(backend: str) -> None:
+    err = ValidationError("invalid_address", "bad", field="to[0]")
+    first = outbox.reject({"to": ["x"]}, err, request_id="r9", actor="t")
+    again = outbox.reject({"to": ["x"]}, err, request_id="r9", actor="t")
+    assert first.message_id == again.message_id and first.state == "rejected"
+    info = outbox.status(first.message_id)
+    assert info is not None and info["error_code"] == "invalid_address"
+    assert _history(first.message_id) == [(None, "rejected")]
+
+
+def test_claim_then_sent(backend: str) -> None:
+    mid = _queued(_account())
+    claim = outbox.claim(mid, worker="w1", lease_seconds=60)
+    assert claim is not None and claim.attempt_number == 1 and not claim.verify
+    assert outbox.claim(mid, worker="w2", lease_seconds=60) is None  # leased
+    assert outbox.finish(claim, Outcome(State.SENT, provider_message_id="p1"), latency_ms=5)
+    info = outbox.status(mid)
+    assert info is not None
+    assert info["state"] == "sent" and info["provider_message_id"] == "p1"
+    assert [a["outcome"] for a in info["attempts"]] == ["sent"]
+    assert _history(mid) == [(None, "queued"), ("queued", "sending"), ("sending", "sent")]
+    assert outbox.claim(mid, worker="w3", lease_seconds=60) is None  # final
+
+
+def test_retrying_waits_for_its_time_then_fails(backend: str) -> None:
+    mid = _queued(_account())
+    now = outbox.utcnow()
+    claim = outbox.claim(mid, worker="w1", lease_seconds=60, now=now)
+    assert claim is not None
+    later = now + dt.timedelta(seconds=30)
+    outbox.finish(claim, Outcome(State.RETRYING, code="rate_limited", next_attempt_at=later), latency_ms=1)
+    assert outbox.claim(mid, worker="w1", lease_seconds=60, now=now + dt.timedelta(seconds=29)) is None
+    second = outbox.claim(mid, worker="w1", lease_seconds=60, now=later)
+    assert second is not None and second.attempt_number == 2
+    outbox.finish(second, Outcome(State.FAILED, code="invalid_recipient", detail="no"), latency_ms=1)
+    info = outbox.status(mid)
+    assert info is not None and info["state"] == "failed" and info["error_code"] == "invalid_recipient"
+    assert [a["outcome"] for a in info["attempts"]] == ["retry", "failed"]
+    assert _history(mid)[1:] == [("queued", "sending"), ("sending", "retrying"),
+                                 ("retrying", "sending"), ("sending", "failed")]
+
+
+def test_expired_lease_is_taken_over_with_verification(backend: str) -> None:
+    mid = _queued(_account())
+    now = outbox.utcnow()
+    first = outbox.claim(mid, worker="w1", lease_seconds=60, now=now)
+    assert first is not None
+    second = outbox.claim(mid, worker="w2", lease_seconds=60, now=now + dt.timedelta(seconds=61))
+    assert second is not None and second.verify and second.attempt_number == 2
+    tries = _attempts(mid)
+    assert [t.outcome for t in tries] == ["unknown", None]
+    # The first worker comes back late: its finish must not move the message.
+    assert not outbox.finish(first, Outcome(State.SENT, provider_message_id="late"), latency_ms=1)
+    assert outbox.finish(second, Outcome(State.SENT, provider_message_id="p2"), latency_ms=1)
+    info = outbox.status(mid)
+    assert info is not None and info["provider_message_id"] == "p2"
+    assert any(h["action"] == "lease_lost" for h in info["history"])
+
+
+def test_only_one_of_many_concurrent_claims_wins(backend: str) -> None:
+    mid = _queued(_account())
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def contend(n: int) -> None:
+        barrier.wait()
+        results.append(outbox.claim(mid, worker=f"w{n}", lease_seconds=60))
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r is not None for r in results) == 1
+    assert len(_attempts(mid)) == 1
+
+
+def test_finish_refuses_a_state_it_cannot_reach(backend: str) -> None:
+    mid = _queued(_account())
+    claim = outbox.claim(mid, worker="w1", lease_seconds=60)
+    assert claim is not None
+    with pytest.raises(IllegalTransition):
+        outbox.finish(claim, Outcome(State.QUEUED), latency_ms=1)
+    with pytest.raises(IllegalTransition):
+        outbox.finish(claim, Outcome(State.REJECTED), latency_ms=1)

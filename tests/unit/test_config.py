@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import pytest
+
+from mailrelay import config
+from mailrelay.errors import ConfigError
+
+
+def test_defaults_load_and_hide_secrets() -> None:
+    settings = config.load({"MAILRELAY_SECRET_KEY": "s3cr3t-value", "MAILRELAY_OPERATOR": "rt-value"})
+    assert settings.broker_url == "redis://127.0.0.1:6379/0"
+    assert settings.database_url.startswith("sqlite:///") and settings.database_url.endswith("mailrelay.db")
+    assert settings.lease_seconds == 120
+    text = repr(settings)
+    assert "s3cr3t-value" not in text and "rt-value" in text
+
+
+@pytest.mark.parametrize(("env", "value", "needle"), [
+    ("MAILRELAY_LEASE_SECONDS", "soon", "expected a whole number"),
+    ("MAILRELAY_LEASE_SECONDS", "5", "from 10 to 3600"),
+    ("MAILRELAY_BROKER_URL", "http://x", "scheme"),
+    ("MAILRELAY_DATABASE_URL", "mysql://db/x", "scheme"),
+    ("MAILRELAY_LOG_LEVEL", "loud", "one of"),
+    ("MAILRELAY_PROVIDER_TIMEOUT", "-1", "from 1"),
+])
+def test_bad_value_names_the_variable(env: str, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load({env: value})
+    assert str(err.value).startswith(env)
+    assert needle in str(err.value)
+
+
+def test_secret_values_are_not_echoed() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load({"MAILRELAY_OPERATOR": "x", "MAILRELAY_LEASE_SECONDS": "zz", "MAILRELAY_SECRET_KEY": "k"})
+    assert "zz" in str(err.value)
+
+
+def test_unknown_variable_is_refused_with_a_hint() -> None:
+    with pytest.raises(ConfigError, match="did you mean MAILRELAY_BROKER_URL"):
+        config.load({"MAILRELAY_BROKER_ULR": "redis://x"})
+
+
+def test_visibility_timeout_must_cover_lease_and_countdown() -> None:
+    with pytest.raises(ConfigError, match="MAILRELAY_VISIBILITY_TIMEOUT"):
+        config.load({"MAILRELAY_VISIBILITY_TIMEOUT": "150", "MAILRELAY_LEASE_SECONDS": "120"})
+
+
+def test_lease_must_outlast_provider_timeout() -> None:
+    with pytest.raises(ConfigError, match="MAILRELAY_LEASE_SECONDS must exceed"):
+        config.load({"MAILRELAY_LEASE_SECONDS": "20", "MAILRELAY_PROVIDER_TIMEOUT": "30"})
+
+
+def test_every_setting_is_described() -> None:
+    rows = config.describe()
+    assert {row["variable"] for row in rows} == {s.env for s in config.TABLE}
+    assert all(row["meaning"] for row in rows)

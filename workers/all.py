@@ -1,0 +1,9 @@
+from mailrelay.worker_profiles import WorkerProfile
+
+PROFILE = WorkerProfile(
+    name="all",
+    queues=("mailrelay.intake", "mailrelay.sink", "mailrelay.control"),
+    pool="prefork",
+    concurrency=4,
+    why="every queue in one worker, for the demo and small installations",
+)
