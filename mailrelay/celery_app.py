@@ -27,6 +27,7 @@ from mailrelay.config import get_settings
 INTAKE_QUEUE = "mailrelay.intake"
 CONTROL_QUEUE = "mailrelay.control"
 SEND_TASK = "mailrelay.send"
+REDACTED_KWARGS = "{'message': '<redacted>'}"
 DELIVER_TASK = "mailrelay.deliver"
 
 
@@ -76,6 +77,16 @@ def make_app() -> Celery:
 
 metrics_server.prepare(get_settings().metrics_port)
 app = make_app()
+
+
+@signals.before_task_publish.connect
+def _redact_published(sender: str | None = None, headers: dict[str, Any] | None = None,
+                      **_: Any) -> None:
+    # Whatever a caller passed, mailrelay.send's message never travels in the headers that
+    # events, Flower and `celery events` show (only in the body, which the task reads).
+    if sender == SEND_TASK and headers is not None:
+        headers["kwargsrepr"] = REDACTED_KWARGS
+        headers["argsrepr"] = "()"
 
 
 @signals.worker_init.connect

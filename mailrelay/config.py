@@ -112,8 +112,8 @@ TABLE: tuple[Setting, ...] = (
             "mailrelay's own keys: locks, token cache, rate limits, rollout state"),
     Setting("database_url", _url("sqlite", "postgresql", "postgresql+psycopg2"),
             _default_database_url, "the outbox: SQLite file by default, PostgreSQL in production"),
-    # The next three are contract names read by work still to come (rollout controller,
-    # metric export, encrypted account secrets); they are validated already.
+    # The next two are contract names read by work still to come (rollout controller,
+    # metric export); they are validated already.
     Setting("prometheus_url", _optional_url(*_HTTP), "", "Prometheus HTTP API for the rollout controller"),
     Setting("pushgateway_url", _optional_url(*_HTTP), "", "Pushgateway for beat's metric export"),
     Setting("secret_key", str, "", "Fernet key(s), comma-separated, newest first", secret=True),
@@ -138,6 +138,22 @@ TABLE: tuple[Setting, ...] = (
     Setting("sink_latency_ms", _int(0, 60_000), "0",
             "the sink provider waits this long per send, standing in for a provider round trip"),
     Setting("operator", str, "", "name recorded in the audit table for CLI actions (default: $USER)"),
+    # Provider endpoints: the real ones by default; the emulator's in tests and the demo.
+    Setting("gmail_api_url", _url(*_HTTP), "https://gmail.googleapis.com", "Gmail API base URL"),
+    Setting("google_token_url", _url(*_HTTP), "https://oauth2.googleapis.com/token",
+            "Google OAuth token endpoint"),
+    Setting("google_auth_url", _url(*_HTTP), "https://accounts.google.com/o/oauth2/v2/auth",
+            "Google OAuth consent page"),
+    Setting("token_refresh_margin", _int(0, 3000), "300",
+            "seconds before expiry that a cached access token counts as expired"),
+    # Inputs of `mailrelay accounts add`, here so that they are documented with the rest;
+    # never taken from argv, where other users of the machine could read them.
+    Setting("client_secret", str, "", "OAuth client secret for `accounts add`", secret=True),
+    Setting("refresh_token", str, "", "OAuth refresh token for `accounts add`", secret=True),
+    # Flower
+    Setting("flower_auth", str, "", "Flower basic auth as user:password (required to start Flower)",
+            secret=True),
+    Setting("flower_port", _int(1, 65535), "5555", "Flower's port"),
 )
 
 _BY_ENV = {setting.env: setting for setting in TABLE}
@@ -166,6 +182,14 @@ class Settings:
     max_message_bytes: int
     sink_latency_ms: int
     operator: str
+    gmail_api_url: str
+    google_token_url: str
+    google_auth_url: str
+    token_refresh_margin: int
+    client_secret: str = field(repr=False)
+    refresh_token: str = field(repr=False)
+    flower_auth: str = field(repr=False)
+    flower_port: int
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

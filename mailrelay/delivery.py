@@ -14,14 +14,17 @@ import time
 from dataclasses import dataclass
 
 from mailrelay import providers
+from mailrelay.auth import credentials, tokens
+from mailrelay.auth.crypto import SecretUnreadable
 from mailrelay.config import get_settings
 from mailrelay.errors import MailrelayError, ProviderError, ValidationError
 from mailrelay.logctx import get_logger
 from mailrelay.message import validate
 from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST
-from mailrelay.providers.base import Outbound, ProviderAdapter
+from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
+from mailrelay.store.accounts import AccountNotFound
 from mailrelay.store.outbox import Claim, Outcome
 from mailrelay.store.states import State
 
@@ -68,11 +71,12 @@ def _attempt(claim: Claim) -> Outcome:
     try:
         adapter = providers.get(claim.provider)
         out = _outbound(claim)
+        tokens = _tokens(adapter, claim)
         if claim.verify:
-            verified = _verify(adapter, out)
+            verified = _verify(adapter, out, tokens)
             if verified is not None:
                 return verified
-        result = adapter.send(out)
+        result = adapter.send(out, tokens)
         return Outcome(State.SENT, provider_message_id=result.provider_message_id)
     except ValidationError as err:
         # The stored payload no longer validates (a corrupt row): sending it is impossible.
@@ -86,11 +90,28 @@ def _attempt(claim: Claim) -> Outcome:
         return _after_error(wrapped, claim)
 
 
-def _verify(adapter: ProviderAdapter, out: Outbound) -> Outcome | None:
+def _tokens(adapter: ProviderAdapter, claim: Claim) -> TokenSource | None:
+    """The account's token source for OAuth providers; refuses accounts that cannot send."""
+    if not adapter.uses_oauth:
+        return None
+    try:
+        creds = credentials.cached(claim.from_address)
+    except AccountNotFound:
+        raise ProviderError("unknown_account", "the account was removed", provider=claim.provider) from None
+    except SecretUnreadable as err:
+        raise ProviderError("invalid_credentials", str(err), provider=claim.provider) from None
+    if creds.state == "disabled":
+        raise ProviderError("account_disabled", "the account is disabled", provider=claim.provider)
+    if creds.state == "reauth_required":
+        raise ProviderError("auth_revoked", "the account must be reconnected", provider=claim.provider)
+    return tokens.manager().source(creds, adapter.refresh)
+
+
+def _verify(adapter: ProviderAdapter, out: Outbound, tokens: TokenSource | None) -> Outcome | None:
     if not adapter.capabilities.can_verify:
         # Nothing to ask (SMTP): resend, and say so in the attempt row.
         return None
-    found = adapter.find_sent(out)
+    found = adapter.find_sent(out, tokens)
     if found is None:
         return None
     return Outcome(State.SENT, provider_message_id=found,

@@ -40,9 +40,13 @@ class Stack:
 
     workdir: Path
     processes: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    # Where each log stood when its process started: earlier runs' lines are not this run's.
+    log_offsets: dict[str, int] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = (self.workdir / f"{name}.log").open("ab")
+        path = self.workdir / f"{name}.log"
+        self.log_offsets[name] = path.stat().st_size if path.exists() else 0
+        log = path.open("ab")
         process = subprocess.Popen(argv, env={**os.environ, **(env or {})}, stdout=log,
                                    stderr=subprocess.STDOUT, start_new_session=True,
                                    cwd=self.workdir)
@@ -75,10 +79,12 @@ class Stack:
         return self.start(f"worker-{profile}", argv, env)
 
     def wait_log(self, name: str, needle: str, timeout: float = 60) -> None:
+        """Wait until the process's log says ``needle`` (in what it wrote since it started)."""
         path = self.workdir / f"{name}.log"
+        start = self.log_offsets.get(name, 0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if path.exists() and needle in path.read_text(errors="replace"):
+            if path.exists() and needle in path.read_bytes()[start:].decode(errors="replace"):
                 return
             for proc_name, process in self.processes:
                 if proc_name == name and process.poll() is not None:

@@ -46,3 +46,8 @@ def sink_account(clean_db: None) -> str:
     from mailrelay.store import accounts
 
     return str(accounts.add("sink", "sender@example.com")["address"])
+
+
+@pytest.fixture
+def secret_key() -> str:
+    return os.environ["MAILRELAY_SECRET_KEY"]

@@ -50,4 +50,8 @@ def configure_environment() -> str:
     name = create_database()
     os.environ["MAILRELAY_DATABASE_URL"] = pg_url(name)
     os.environ["MAILRELAY_LOG_LEVEL"] = "info"
+    # A key of the test run's own, so that account secrets can be stored.
+    from cryptography.fernet import Fernet
+
+    os.environ["MAILRELAY_SECRET_KEY"] = Fernet.generate_key().decode()
     return name

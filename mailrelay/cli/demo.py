@@ -1,19 +1,22 @@
 """`mailrelay demo`: the whole system on embedded defaults, with sample messages.
 
-SQLite in the work directory, the Redis at MAILRELAY_REDIS_URL if it answers (else a
-private redis-server), real worker processes, sample messages with expected outcomes.
+SQLite in the work directory; the Redis at MAILRELAY_REDIS_URL if it answers, else a
+private redis-server; the provider emulator (HTTPS, its own CA); workers, beat and
+Flower as child processes; sample messages with expected outcomes. Every child is in
+its own process group and is stopped on exit, Ctrl-C included.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import signal
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import click
 
@@ -25,7 +28,11 @@ PIXEL_PNG = base64.b64encode(bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
     "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")).decode()
 
-SENDER = "demo@example.com"
+GMAIL_SENDER = "demo@gmail-demo.example"
+SINK_SENDER = "demo@sink-demo.example"
+CLIENT_ID = "mailrelay-demo.apps.example"
+# The emulator's OAuth client for the demo: known to the emulator only, guards nothing real.
+CLIENT_SECRET = "demo-client-secret"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -34,66 +41,111 @@ class Sample:
     message: dict[str, Any]
     expect_state: str
     expect_code: str | None = None
-    fault: str | None = None
+    # An emulator fault rule injected just before this sample is sent.
+    fault: dict[str, Any] = field(default_factory=dict)
 
 
 def samples() -> list[Sample]:
-    base = {"from": SENDER, "to": ["Ada Lovelace <ada@example.org>"], "subject": "Hello from mailrelay"}
+    gmail = {"from": GMAIL_SENDER, "to": ["Ada Lovelace <ada@example.org>"],
+             "subject": "Hello from mailrelay"}
+    big = base64.b64encode(os.urandom(5 * 1024 * 1024)).decode()
     return [
-        Sample("plain text", {**base, "text": "A plain message."}, "sent"),
-        Sample("html, inline image, attachment", {
-            **base, "subject": "Report ✓", "text": "See the report.",
-            "html": '<p>See the report.</p><img src="cid:logo@demo">',
+        Sample("gmail: plain text", {**gmail, "text": "A plain message."}, "sent"),
+        Sample("gmail: html, inline image, attachments", {
+            **gmail, "subject": "Report ✓", "cc": ["José <jose@bücher.example>"],
+            "bcc": ["audit@example.net"], "text": "See the report.",
+            "html": '<p>See the <b>report</b>.</p><img src="cid:logo@demo" alt="logo">',
             "inline": [{"filename": "logo.png", "content_type": "image/png", "content": PIXEL_PNG,
                         "cid": "logo@demo"}],
-            "attachments": [{"filename": "report.txt", "content_type": "text/plain",
-                             "content": base64.b64encode(b"quarterly numbers\n").decode()}],
+            "attachments": [
+                {"filename": "report.txt", "content_type": "text/plain",
+                 "content": base64.b64encode(b"quarterly numbers\n").decode()},
+                {"filename": "data.csv", "content_type": "text/csv",
+                 "content": base64.b64encode(b"a,b\n1,2\n").decode()}],
         }, "sent"),
-        Sample("cc, bcc and an IDN domain", {
-            **base, "cc": ["José <jose@bücher.example>"], "bcc": ["audit@example.net"],
-            "text": "Copied."}, "sent"),
-        Sample("bad recipient", {**base, "to": ["not an address"], "text": "x"}, "rejected",
+        Sample("gmail: 5 MB attachment (upload path)", {
+            **gmail, "subject": "Large", "text": "Big file attached.",
+            "attachments": [{"filename": "big.bin", "content_type": "application/octet-stream",
+                             "content": big}]}, "sent"),
+        Sample("bad recipient", {**gmail, "to": ["not an address"], "text": "x"}, "rejected",
                "invalid_address"),
-        Sample("unknown account", {**base, "from": "nobody@example.com", "text": "x"}, "rejected",
-               "unknown_account"),
-        Sample("header injection", {**base, "text": "x", "headers": {"X-Tag": "a\r\nBcc: evil@x.y"}},
+        Sample("header injection", {**gmail, "text": "x", "headers": {"X-Tag": "a\r\nBcc: evil@x.y"}},
                "rejected", "invalid_header"),
-        Sample("provider says 429, then accepts", {**base, "text": "Retried."}, "sent",
-               fault="rate_limited"),
+        Sample("unknown account", {**gmail, "from": "nobody@example.com", "text": "x"}, "rejected",
+               "unknown_account"),
+        Sample("gmail: 429, retried after Retry-After", {**gmail, "text": "Retried."}, "sent",
+               fault={"endpoint": "gmail.send", "status": 429, "count": 1, "retry_after": 2}),
+        Sample("sink: recorded in the database", {"from": SINK_SENDER, "to": ["x@example.org"],
+                                                  "subject": "Sink", "text": "Recorded."}, "sent"),
     ]
 
 
-def _service_env(workdir: Path) -> dict[str, str]:
+def _persisted_secret(path: Path, make: Any) -> str:
+    """A demo secret kept in the work directory (mode 0600) so that reruns can read old data."""
+    if path.exists():
+        return path.read_text().strip()
+    value = str(make())
+    path.touch(mode=0o600)
+    path.write_text(value)
+    return value
+
+
+def _base_env(stack: Any, workdir: Path) -> dict[str, str]:
+    from mailrelay.auth.crypto import new_key
     from mailrelay.devstack import redis_answers
 
     env: dict[str, str] = {}
     if "MAILRELAY_DATABASE_URL" not in os.environ:
         env["MAILRELAY_DATABASE_URL"] = f"sqlite:///{workdir.resolve() / 'mailrelay.db'}"
+    if not os.environ.get("MAILRELAY_SECRET_KEY"):
+        env["MAILRELAY_SECRET_KEY"] = _persisted_secret(workdir / "secret.key", new_key)
+    if not os.environ.get("MAILRELAY_FLOWER_AUTH"):
+        env["MAILRELAY_FLOWER_AUTH"] = "demo:" + _persisted_secret(
+            workdir / "flower.password", lambda: secrets.token_urlsafe(12))
     configured = os.environ.get("MAILRELAY_REDIS_URL", "redis://127.0.0.1:6379/2")
-    parts = urlsplit(configured)
-    base = f"{parts.scheme}://{parts.netloc}"
-    return env if redis_answers(configured) else {**env, "_base": base}
+    if not redis_answers(configured):
+        click.echo("no Redis answers; starting a private redis-server")
+        url = stack.start_redis()
+        env.update(MAILRELAY_BROKER_URL=f"{url}/0", MAILRELAY_RESULT_BACKEND=f"{url}/1",
+                   MAILRELAY_REDIS_URL=f"{url}/2")
+    return env
+
+
+def _start_emulator(stack: Any, workdir: Path) -> tuple[str, str]:
+    from mailrelay.devstack import free_port
+
+    port = free_port()
+    log = workdir / "emulator.log"
+    offset = log.stat().st_size if log.exists() else 0  # earlier runs' lines stay above
+    stack.start("emulator", [sys.executable, "-m", "mailrelay.cli", "emulator", "--port", str(port),
+                             "--state-dir", str((workdir / "emulator").resolve())])
+    stack.wait_log("emulator", "bundle:", timeout=30)
+    found: dict[str, str] = {}
+    with log.open("rb") as handle:
+        handle.seek(offset)
+        for line in handle.read().decode(errors="replace").splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and name in ("emulator", "bundle"):
+                found.setdefault(name, value.strip())
+    return found["emulator"], found["bundle"]
 
 
 @click.command("demo")
 @click.option("--once", is_flag=True, help="Send the samples, check them, stop everything, exit.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
-              show_default=True, help="Where the SQLite file and the logs go.")
+              show_default=True, help="Where the SQLite file, secrets and logs go.")
 def command(once: bool, workdir: Path) -> None:
-    """Run mailrelay locally with real workers and show sample messages end to end."""
+    """Run mailrelay locally with the emulator, workers, beat and Flower; send samples."""
     from mailrelay.devstack import Stack, StackError
 
     workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(workdir)
     try:
-        env = _service_env(workdir)
-        if env.pop("_base", None) is not None:
-            click.echo("no Redis answers; starting a private redis-server")
-            url = stack.start_redis()
-            env.update(MAILRELAY_BROKER_URL=f"{url}/0", MAILRELAY_RESULT_BACKEND=f"{url}/1",
-                       MAILRELAY_REDIS_URL=f"{url}/2")
-        os.environ.update(env)
-        ok = _run(stack, workdir, once)
+        os.environ.update(_base_env(stack, workdir))
+        url, bundle = _start_emulator(stack, workdir)
+        os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
+                          MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
+        ok = _run(stack, workdir, url, bundle, once)
     except StackError as err:
         raise Exit(str(err), UNAVAILABLE) from None
     finally:
@@ -102,25 +154,57 @@ def command(once: bool, workdir: Path) -> None:
         raise Exit("some samples did not end as expected", FAILED)
 
 
-def _run(stack: Any, workdir: Path, once: bool) -> bool:
+def _accounts(emulator: Any) -> None:
+    """Register the demo accounts; the emulator forgets grants between runs, so renew them."""
+    from mailrelay.auth.credentials import forget
+    from mailrelay.auth.tokens import manager
+    from mailrelay.store import accounts
+
+    emulator.register_client(CLIENT_ID, CLIENT_SECRET)
+    refresh = emulator.grant(CLIENT_ID, GMAIL_SENDER)
+    existing = {a["address"] for a in accounts.list_all()}
+    if SINK_SENDER not in existing:
+        accounts.add("sink", SINK_SENDER)
+    if GMAIL_SENDER not in existing:
+        accounts.add("gmail", GMAIL_SENDER, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                     refresh_token=refresh)
+    else:
+        creds = accounts.credentials(GMAIL_SENDER)
+        accounts.store_refresh_token(creds.id, refresh)
+        accounts.set_state(creds.id, "active")
+        manager().reinstate(creds.id)
+    forget()
+
+
+def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool) -> bool:
     from mailrelay.config import get_settings
-    from mailrelay.store import accounts, migrate
+    from mailrelay.emulator.client import EmulatorClient
+    from mailrelay.store import migrate
 
     get_settings.cache_clear()
     settings = get_settings()
     migrate.upgrade(settings.database_url)
-    if SENDER not in {a["address"] for a in accounts.list_all()}:
-        accounts.add("sink", SENDER)
-    click.echo(f"database: {settings.database_url}\nbroker:   {settings.broker_url}")
+    emulator = EmulatorClient(url, verify=bundle)
+    _accounts(emulator)
     stack.start_worker("all")
+    stack.start("beat", [sys.executable, "-m", "mailrelay.cli", "beat", "--schedule-file",
+                         str((workdir / "celerybeat-schedule").resolve())])
+    stack.start("flower", [sys.executable, "-m", "mailrelay.cli", "flower"])
     stack.wait_log("worker-all", " ready.")
-    click.echo(f"workers ready; logs in {workdir}/")
-    rows = _send_samples()
+    click.echo(f"database: {settings.database_url}\nbroker:   {settings.broker_url}\n"
+               f"workers, beat and Flower started; logs in {workdir}/")
+    rows = _send_samples(emulator)
     table(rows, ["sample", "id", "state", "attempts", "error_code", "expected", "ok"], title="demo")
-    ok = all(row["ok"] == "yes" for row in rows)
+    uploads = emulator.stats()["requests"].get("gmail.upload", 0)
+    ok = all(row["ok"] == "yes" for row in rows) and uploads >= 1
+    user = settings.flower_auth.split(":", 1)[0]
+    click.echo(f"inbox:  {url}/inbox   (the emulator's mailboxes; CA: {bundle})\n"
+               f"flower: http://127.0.0.1:{settings.flower_port}   (user {user!r}, password in "
+               f"{workdir / 'flower.password'} unless MAILRELAY_FLOWER_AUTH is set)\n"
+               f"status: mailrelay status ID")
     if once:
         return ok
-    click.echo("mailrelay is running: try `mailrelay status ID`. Ctrl-C stops everything.")
+    click.echo("mailrelay is running. Ctrl-C stops everything.")
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
@@ -134,30 +218,29 @@ def _interrupt(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _send_samples() -> list[dict[str, Any]]:
+def _send_samples(emulator: Any) -> list[dict[str, Any]]:
     from mailrelay.client import submit
-    from mailrelay.providers.sink import clear_faults, inject_fault
 
-    clear_faults()
     rows: list[dict[str, Any]] = []
+    chosen: dict[str, Sample] = {}
     for sample in samples():
         if sample.fault:
             _wait_final([row["id"] for row in rows])  # the fault must meet this message only
-            inject_fault(sample.fault, retry_after=2)
+            emulator.inject(**sample.fault)
         result = submit(sample.message, actor="demo")
-        rows.append({"sample": sample.label, "id": result.message_id, "sample_obj": sample})
+        rows.append({"sample": sample.label, "id": result.message_id})
+        chosen[result.message_id] = sample
     finals = _wait_final([row["id"] for row in rows])
     for row in rows:
-        sample = row.pop("sample_obj")
-        info = finals[row["id"]]
+        sample, info = chosen[row["id"]], finals[row["id"]]
         expected = sample.expect_state + (f" ({sample.expect_code})" if sample.expect_code else "")
-        ok = info["state"] == sample.expect_state and info["error_code"] == sample.expect_code
-        row.update(state=info["state"], attempts=len(info["attempts"]), error_code=info["error_code"],
-                   expected=expected, ok="yes" if ok else "NO")
+        ok = info.get("state") == sample.expect_state and info.get("error_code") == sample.expect_code
+        row.update(state=info.get("state"), attempts=len(info.get("attempts", [])),
+                   error_code=info.get("error_code"), expected=expected, ok="yes" if ok else "NO")
     return rows
 
 
-def _wait_final(ids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+def _wait_final(ids: list[str], timeout: float = 90) -> dict[str, dict[str, Any]]:
     from mailrelay.store import outbox
     from mailrelay.store.states import FINAL
 

@@ -14,6 +14,7 @@ from mailrelay.errors import ValidationError
 from mailrelay.providers.base import Capabilities, ProviderAdapter
 
 REGISTRY: dict[str, str] = {
+    "gmail": "mailrelay.providers.gmail:GmailAdapter",
     "sink": "mailrelay.providers.sink:SinkAdapter",
 }
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
+from mailrelay.auth.credentials import Credentials
+from mailrelay.auth.tokens import TokenGrant
 from mailrelay.errors import MailrelayError, ProviderError
 from mailrelay.message import Message
 
@@ -28,6 +30,8 @@ class Capabilities:
     sends_per_minute: int | None
     # Whether the adapter can tell if a Message-ID was already sent (exactly-once recovery).
     can_verify: bool
+    # Largest request the simple send path takes; larger messages use large_message_path.
+    simple_request_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,36 +50,54 @@ class SendResult:
     provider_message_id: str | None
 
 
+class TokenSource(Protocol):
+    """Access tokens for the account a send acts for (see mailrelay.auth.tokens)."""
+
+    def get(self) -> str: ...
+
+    def renew(self, rejected: str) -> str: ...
+
+
 class ProviderAdapter:
     """Base of every provider. Subclasses set ``name`` and ``capabilities`` and fill the hooks."""
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    # OAuth providers get a TokenSource for each send and implement ``refresh``.
+    uses_oauth: ClassVar[bool] = False
 
-    def send(self, out: Outbound) -> SendResult:
+    def send(self, out: Outbound, tokens: TokenSource | None = None) -> SendResult:
         """Send once. Raises ProviderError only; ``sent_unknown`` says the send may have happened."""
         prepared = self.prepare(out)
         try:
-            response = self.transmit(out, prepared)
+            response = self.transmit(out, prepared, tokens)
         except MailrelayError:
             raise
         except Exception as err:
             raise self.classify(err) from err
         return self.parse(out, response)
 
-    def find_sent(self, out: Outbound) -> str | None:
+    def find_sent(self, out: Outbound, tokens: TokenSource | None = None) -> str | None:
         """The provider's id for an earlier send of ``out.rfc822_message_id``, or None.
 
         Only called when ``capabilities.can_verify`` is true.
         """
         raise self._missing("find_sent")
 
+    def refresh(self, account: Credentials) -> TokenGrant:
+        """Exchange the account's grant for a new access token (OAuth providers).
+
+        Raises ProviderError: ``auth_revoked`` for a revoked grant, ``invalid_credentials``
+        for a wrong client, retryable codes for network trouble.
+        """
+        raise self._missing("refresh")
+
     # Hooks -----------------------------------------------------------------------------
     def prepare(self, out: Outbound) -> Any:
         """Build the provider request (MIME, JSON...). Pure: no I/O."""
         raise self._missing("prepare")
 
-    def transmit(self, out: Outbound, prepared: Any) -> Any:
+    def transmit(self, out: Outbound, prepared: Any, tokens: TokenSource | None) -> Any:
         """Do the I/O. May raise anything; ``classify`` maps what is not a ProviderError."""
         raise self._missing("transmit")
 

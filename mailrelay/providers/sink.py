@@ -25,7 +25,7 @@ from sqlalchemy import insert, select
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
 from mailrelay.message import build_mime
-from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult
+from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
 from mailrelay.redis_client import get_redis, key
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import SINK_DELIVERIES
@@ -56,7 +56,7 @@ class SinkAdapter(ProviderAdapter):
         raw = build_mime(out.message, message_id=out.rfc822_message_id, date=out.date)
         return Prepared(raw, [mailbox.address for mailbox in out.message.recipients])
 
-    def transmit(self, out: Outbound, prepared: Prepared) -> str:
+    def transmit(self, out: Outbound, prepared: Prepared, tokens: TokenSource | None) -> str:
         fault = _next_fault()
         if fault and not fault.get("after_send"):
             raise _fault_error(fault, sent=False)
@@ -78,7 +78,7 @@ class SinkAdapter(ProviderAdapter):
     def parse(self, out: Outbound, response: Any) -> SendResult:
         return SendResult(provider_message_id=str(response))
 
-    def find_sent(self, out: Outbound) -> str | None:
+    def find_sent(self, out: Outbound, tokens: TokenSource | None = None) -> str | None:
         with get_engine().connect() as conn:
             found = conn.execute(select(deliveries.c.id)
                                  .where(deliveries.c.rfc822_message_id == out.rfc822_message_id)

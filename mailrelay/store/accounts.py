@@ -1,17 +1,21 @@
-"""Registered sending accounts. Secrets are handled by mailrelay.auth, never here in clear."""
+"""Registered sending accounts. Secrets are stored encrypted and decrypted only here and
+in mailrelay.auth; nothing that lists accounts shows them."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailrelay import providers
 from mailrelay.addressing import parse_mailbox
+from mailrelay.auth import crypto
+from mailrelay.auth.credentials import Credentials
 from mailrelay.errors import ValidationError
 from mailrelay.store.db import db_errors, get_engine
-from mailrelay.store.models import ACCOUNTS
+from mailrelay.store.models import ACCOUNTS, MESSAGES
 from mailrelay.store.outbox import utcnow
 
 accounts = ACCOUNTS
@@ -23,24 +27,108 @@ class AccountExists(Exception):
     pass
 
 
-def add(provider: str, address: str, *, client_id: str | None = None, tenant: str | None = None,
-        app_only: bool = False, rate_limit_per_minute: int | None = None) -> dict[str, Any]:
-    providers.queue_for(provider)  # unknown provider: ValidationError with a hint
+class AccountNotFound(Exception):
+    pass
+
+
+def normalize_address(address: str) -> str:
     mailbox = parse_mailbox(address, field="address")
     if mailbox.name:
         raise ValidationError("invalid_address", "give the bare address, without a display name",
                               field="address")
+    return mailbox.address.lower()
+
+
+def add(provider: str, address: str, *, client_id: str | None = None, tenant: str | None = None,
+        app_only: bool = False, rate_limit_per_minute: int | None = None,
+        client_secret: str | None = None, refresh_token: str | None = None) -> dict[str, Any]:
+    providers.queue_for(provider)  # unknown provider: ValidationError with a hint
     now = utcnow()
-    row = {"address": mailbox.address.lower(), "provider": provider, "state": "active",
+    row = {"address": normalize_address(address), "provider": provider, "state": "active",
            "client_id": client_id, "tenant": tenant, "app_only": app_only,
            "rate_limit_per_minute": rate_limit_per_minute, "created_at": now, "updated_at": now,
-           "consecutive_failures": 0}
+           "consecutive_failures": 0,
+           "client_secret_enc": crypto.encrypt(client_secret) if client_secret else None,
+           "refresh_token_enc": crypto.encrypt(refresh_token) if refresh_token else None}
     try:
         with db_errors(), get_engine().begin() as conn:
             conn.execute(insert(accounts).values(row))
     except IntegrityError:
-        raise AccountExists(f"an account for {row['address']} exists already") from None
+        raise AccountExists(f"an account for {row['address']!s} exists already") from None
     return public(row)
+
+
+def credentials(address: str) -> Credentials:
+    with db_errors(), get_engine().connect() as conn:
+        row = conn.execute(select(accounts).where(accounts.c.address == address.lower())).first()
+    if row is None:
+        raise AccountNotFound(f"no account {address}")
+    return Credentials(
+        id=row.id, address=row.address, provider=row.provider, state=row.state,
+        client_id=row.client_id, tenant=row.tenant, app_only=bool(row.app_only),
+        client_secret=crypto.decrypt(row.client_secret_enc) if row.client_secret_enc else None,
+        refresh_token=crypto.decrypt(row.refresh_token_enc) if row.refresh_token_enc else None,
+        rate_limit_per_minute=row.rate_limit_per_minute)
+
+
+def _set(account_id: int, **values: Any) -> None:
+    with db_errors(), get_engine().begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.id == account_id)
+                     .values(updated_at=utcnow(), **values))
+
+
+def set_state(account_id: int, state: str) -> None:
+    if state not in STATES:
+        raise ValueError(f"unknown account state {state!r}")
+    _set(account_id, state=state)
+
+
+def store_refresh_token(account_id: int, refresh_token: str) -> None:
+    """Persist a rotated refresh token; called before the access token that came with it is used."""
+    _set(account_id, refresh_token_enc=crypto.encrypt(refresh_token))
+
+
+def record_refresh(account_id: int, at: dt.datetime | None = None) -> None:
+    _set(account_id, last_refresh_at=at or utcnow())
+
+
+def remove(address: str, *, force: bool = False) -> str:
+    """Delete an account without messages; with messages, ``force`` disables it and erases
+    its secrets (the history stays). Returns what was done."""
+    address = normalize_address(address)
+    with db_errors(), get_engine().begin() as conn:
+        row = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).first()
+        if row is None:
+            raise AccountNotFound(f"no account {address}")
+        used = conn.execute(select(func.count()).select_from(MESSAGES)
+                            .where(MESSAGES.c.account_id == row.id)).scalar()
+        if not used:
+            conn.execute(delete(accounts).where(accounts.c.id == row.id))
+            return "removed"
+        if not force:
+            raise AccountExists(f"{address} has {used} messages; --force disables it and erases "
+                                "its secrets, keeping the history")
+        conn.execute(update(accounts).where(accounts.c.id == row.id).values(
+            state="disabled", client_secret_enc=None, refresh_token_enc=None, updated_at=utcnow()))
+        return "disabled"
+
+
+def rotate_key() -> int:
+    """Re-encrypt every stored secret under the newest MAILRELAY_SECRET_KEY; returns the count."""
+    count = 0
+    with db_errors(), get_engine().begin() as conn:
+        rows = conn.execute(select(accounts.c.id, accounts.c.client_secret_enc,
+                                   accounts.c.refresh_token_enc)).all()
+        for row in rows:
+            values = {}
+            if row.client_secret_enc:
+                values["client_secret_enc"] = crypto.rotate(row.client_secret_enc)
+            if row.refresh_token_enc:
+                values["refresh_token_enc"] = crypto.rotate(row.refresh_token_enc)
+            if values:
+                conn.execute(update(accounts).where(accounts.c.id == row.id).values(values))
+                count += len(values)
+    return count
 
 
 def list_all() -> list[dict[str, Any]]:
@@ -50,7 +138,7 @@ def list_all() -> list[dict[str, Any]]:
 
 
 def public(row: dict[str, Any]) -> dict[str, Any]:
-    """What may be shown of an account: no secret, not even whether one is set."""
+    """What may be shown of an account: no secret."""
     def iso(value: Any) -> str | None:
         return value.isoformat() if value else None
 
@@ -58,5 +146,7 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
             "client_id": row.get("client_id"), "tenant": row.get("tenant"),
             "app_only": bool(row.get("app_only")),
             "rate_limit_per_minute": row.get("rate_limit_per_minute"),
-            "created_at": iso(row.get("created_at")), "last_success_at": iso(row.get("last_success_at")),
+            "created_at": iso(row.get("created_at")),
+            "last_success_at": iso(row.get("last_success_at")),
+            "last_refresh_at": iso(row.get("last_refresh_at")),
             "consecutive_failures": row.get("consecutive_failures", 0)}

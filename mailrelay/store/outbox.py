@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mailrelay.errors import ValidationError
 from mailrelay.message import Message, make_message_id
+from mailrelay.store import pg_fastpath
 from mailrelay.store.db import db_errors, get_engine
 from mailrelay.store.models import ACCOUNTS, ATTEMPTS, AUDIT, MESSAGES
 from mailrelay.store.states import State, check
@@ -231,6 +232,11 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
     )
     attempt_id = str(uuid.uuid4())
     with db_errors(), get_engine().begin() as conn:
+        if conn.dialect.name == "postgresql":
+            row = conn.execute(pg_fastpath.CLAIM, {
+                "message_id": message_id, "owner": owner, "expires": expires, "now": now,
+                "attempt_id": attempt_id, "worker": worker[:200]}).first()
+            return _claim(message_id, owner, attempt_id, expires, row) if row else None
         row = conn.execute(stmt).first()
         if row is None:
             return None
@@ -244,6 +250,10 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
                                              started_at=now))
         _audit(conn, message_id, owner, "claim", now=now, from_state=row.prev_state,
                to_state=State.SENDING)
+    return _claim(message_id, owner, attempt_id, expires, row)
+
+
+def _claim(message_id: str, owner: str, attempt_id: str, expires: dt.datetime, row: Any) -> Claim:
     return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
                  attempt_number=row.attempt_count, provider=row.provider,
                  from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
@@ -271,7 +281,19 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
         values.update(provider_message_id=outcome.provider_message_id, sent_at=now)
     attempt_outcome = {State.SENT: "sent", State.RETRYING: "retry", State.FAILED: "failed"}[outcome.state]
     detail = outcome.note or outcome.detail
+    lost_reason = f"attempt ended {attempt_outcome} after the lease was lost"
     with db_errors(), get_engine().begin() as conn:
+        if conn.dialect.name == "postgresql":
+            sent = outcome.state is State.SENT
+            return bool(conn.execute(pg_fastpath.FINISH, {
+                "message_id": claim.message_id, "owner": claim.owner, "attempt_id": claim.attempt_id,
+                "state": outcome.state.value, "now": now, "verify": outcome.verify,
+                "code": outcome.code, "detail": outcome.detail,
+                "next_attempt_at": outcome.next_attempt_at, "sent": sent,
+                "provider_message_id": outcome.provider_message_id,
+                "attempt_outcome": attempt_outcome, "attempt_detail": detail,
+                "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
+            }).scalar())
         moved = conn.execute(
             update(messages)
             .where(m.id == claim.message_id, m.state == State.SENDING.value, m.lease_owner == claim.owner)
@@ -286,7 +308,7 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
                    reason=outcome.note)
         else:
             _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=outcome.code,
-                   reason=f"attempt ended {attempt_outcome} after the lease was lost")
+                   reason=lost_reason)
     return bool(moved)
 
 

@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,3 +30,61 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for worker in started:
         worker.stop()
+
+
+@dataclass
+class EmulatorHandle:
+    url: str
+    bundle: str
+    client: Any
+
+
+@pytest.fixture(scope="session")
+def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorHandle]:
+    """One real emulator process (HTTPS) for the session; settings point mailrelay at it."""
+    from mailrelay.config import get_settings
+    from mailrelay.emulator.client import EmulatorClient
+
+    state = tmp_path_factory.mktemp("emulator")
+    log = (state / "emulator.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "mailrelay.cli", "emulator", "--port", "0",
+                                "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=log,
+                               text=True, start_new_session=True)
+    assert process.stdout is not None
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + 30
+    while not {"emulator", "bundle"} <= set(found) and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        name, _, value = line.partition(": ")
+        found[name.strip()] = value.strip()
+    assert {"emulator", "bundle"} <= set(found), f"emulator did not start: {found}"
+    url, bundle = found["emulator"], found["bundle"]
+    os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
+                      MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
+    get_settings.cache_clear()
+    yield EmulatorHandle(url, bundle, EmulatorClient(url, verify=bundle))
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(10)
+    log.close()
+
+
+@pytest.fixture
+def emulator(emulator_process: EmulatorHandle) -> EmulatorHandle:
+    emulator_process.client.reset()
+    return emulator_process
+
+
+@pytest.fixture
+def gmail_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, secret_key: str) -> str:
+    from mailrelay.auth.credentials import forget
+    from mailrelay.store import accounts
+
+    address = "sender@example.com"
+    emulator.client.register_client("mailrelay-client", "client-secret")
+    refresh = emulator.client.grant("mailrelay-client", address)
+    accounts.add("gmail", address, client_id="mailrelay-client", client_secret="client-secret",
+                 refresh_token=refresh)
+    forget()
+    return address

@@ -25,3 +25,14 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.2)
+
+
+def final(message_id: str, timeout: float = 90) -> dict[str, Any]:
+    """The message's status once it is sent or failed."""
+    from mailrelay.store import outbox
+
+    wait_for(lambda: (outbox.status(message_id) or {}).get("state") in ("sent", "failed"), timeout,
+             f"message {message_id} to finish")
+    info = outbox.status(message_id)
+    assert info is not None
+    return info

@@ -13,13 +13,16 @@ pytestmark = pytest.mark.integration
 
 
 def test_demo_once_passes_and_leaves_no_process(tmp_path: Path, clean_redis: None) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MAILRELAY_DATABASE_URL"}
+    # Embedded defaults: no database URL, no secret key, no Flower login given.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAILRELAY_DATABASE_URL", "MAILRELAY_SECRET_KEY", "MAILRELAY_FLOWER_AUTH")}
     out = subprocess.run([sys.executable, "-m", "mailrelay.cli", "demo", "--once",
                           "--workdir", str(tmp_path / "demo")], env=env, capture_output=True,
                          text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sqlite:///" in out.stdout
-    assert out.stdout.count(" yes ") == 7 and " NO " not in out.stdout
+    assert out.stdout.count(" yes ") == 8 and " NO " not in out.stdout
+    assert "/inbox" in out.stdout and "flower:" in out.stdout
     assert (tmp_path / "demo" / "mailrelay.db").exists()
     assert _processes_in(tmp_path / "demo") == []
 

@@ -10,20 +10,12 @@ import pytest
 from mailrelay.client import submit
 from mailrelay.providers.sink import inject_fault
 from mailrelay.store import outbox
-from tests.integration.helpers import scalar, wait_for
+from tests.integration.helpers import final, scalar
 from tests.processes import Worker
 
 pytestmark = pytest.mark.integration
 
 MESSAGE = {"from": "sender@example.com", "to": ["rcpt@example.org"], "subject": "s", "text": "t"}
-
-
-def _final(message_id: str, timeout: float = 60) -> dict[str, object]:
-    wait_for(lambda: (outbox.status(message_id) or {}).get("state") in ("sent", "failed"), timeout,
-             f"message {message_id} to finish")
-    info = outbox.status(message_id)
-    assert info is not None
-    return info
 
 
 @pytest.fixture
@@ -33,7 +25,7 @@ def worker(sink_account: str, clean_redis: None, start_worker: Callable[..., Wor
 
 def test_rate_limited_waits_for_retry_after_then_sends(worker: Worker) -> None:
     inject_fault("rate_limited", retry_after=2)
-    info = _final(submit(MESSAGE).message_id)
+    info = final(submit(MESSAGE).message_id)
     attempts = info["attempts"]
     assert info["state"] == "sent" and info["error_code"] is None
     assert [a["outcome"] for a in attempts] == ["retry", "sent"]  # type: ignore[index]
@@ -46,7 +38,7 @@ def test_rate_limited_waits_for_retry_after_then_sends(worker: Worker) -> None:
 
 def test_permanent_error_fails_after_one_attempt(worker: Worker) -> None:
     inject_fault("invalid_recipient")
-    info = _final(submit(MESSAGE).message_id)
+    info = final(submit(MESSAGE).message_id)
     assert info["state"] == "failed" and info["error_code"] == "invalid_recipient"
     assert len(info["attempts"]) == 1  # type: ignore[arg-type]
     assert scalar("SELECT count(*) FROM sink_deliveries") == 0
@@ -55,7 +47,7 @@ def test_permanent_error_fails_after_one_attempt(worker: Worker) -> None:
 def test_lost_response_is_verified_not_resent(worker: Worker) -> None:
     # The sink records the message, then the "response" is lost: outcome unknown.
     inject_fault("provider_timeout", after_send=True, retry_after=1)
-    info = _final(submit(MESSAGE).message_id)
+    info = final(submit(MESSAGE).message_id)
     assert info["state"] == "sent"
     outcomes = [(a["outcome"], a["error_code"]) for a in info["attempts"]]  # type: ignore[union-attr]
     assert outcomes == [("retry", "provider_timeout"), ("sent", None)]
@@ -65,7 +57,7 @@ def test_lost_response_is_verified_not_resent(worker: Worker) -> None:
 
 def test_transient_errors_back_off_until_sent(worker: Worker) -> None:
     inject_fault("provider_unavailable", count=2, retry_after=0.5)
-    info = _final(submit(MESSAGE).message_id)
+    info = final(submit(MESSAGE).message_id)
     assert info["state"] == "sent"
     assert [a["outcome"] for a in info["attempts"]] == ["retry", "retry", "sent"]  # type: ignore[union-attr]
     assert info["attempt_count"] == 3
@@ -84,6 +76,6 @@ def test_corrupt_payload_row_fails_without_crashing(worker: Worker) -> None:
     with get_engine().begin() as conn:  # not yet enqueued, so no worker races the corruption
         conn.execute(text("UPDATE messages SET payload = '{not json' WHERE id = :i"), {"i": mid})
     enqueue_delivery(mid, "sink")
-    info = _final(mid)
+    info = final(mid)
     assert info["state"] == "failed" and info["error_code"] == "invalid_message"
     assert "stored payload" in str(info["error_detail"])

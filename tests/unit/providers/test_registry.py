@@ -41,7 +41,7 @@ def test_raw_exceptions_become_provider_errors() -> None:
         def prepare(self, out: Outbound) -> bytes:
             return b""
 
-        def transmit(self, out: Outbound, prepared: object) -> object:
+        def transmit(self, out: Outbound, prepared: object, tokens: object) -> object:
             raise ConnectionResetError("peer reset")
 
     with pytest.raises(ProviderError) as err:

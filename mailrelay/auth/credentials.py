@@ -1,0 +1,57 @@
+"""An account's credentials as the delivery path sees them, with a short in-process cache.
+
+Reading and decrypting the account row for every delivery would cost a database round
+trip each time; a cache of a few seconds removes it. What must never be stale is
+re-read where it matters: revocation is a Redis tombstone checked on every token read,
+and a refresh re-reads the row (a rotated refresh token may have been stored by another
+process) under the refresh lock.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+CACHE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a provider needs to act for one account. Secrets are in clear: memory only."""
+
+    id: int
+    address: str
+    provider: str
+    state: str
+    client_id: str | None
+    tenant: str | None
+    app_only: bool
+    client_secret: str | None
+    refresh_token: str | None
+    rate_limit_per_minute: int | None
+
+    def __repr__(self) -> str:  # never a secret in a log line or a traceback
+        return f"Credentials(id={self.id}, provider={self.provider!r}, state={self.state!r})"
+
+
+_cache: dict[str, tuple[float, Credentials]] = {}
+
+
+def cached(address: str) -> Credentials:
+    """The account's credentials, at most CACHE_SECONDS old."""
+    from mailrelay.store import accounts
+
+    now = time.monotonic()
+    hit = _cache.get(address)
+    if hit is not None and now - hit[0] < CACHE_SECONDS:
+        return hit[1]
+    creds = accounts.credentials(address)
+    _cache[address] = (now, creds)
+    return creds
+
+
+def forget(address: str | None = None) -> None:
+    if address is None:
+        _cache.clear()
+    else:
+        _cache.pop(address, None)

@@ -1,0 +1,91 @@
+"""EmulatorClient: the control API from Python, for tests and mailrelay's demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+DEFAULT_TIMEOUT = 30.0
+
+
+class EmulatorError(RuntimeError):
+    """The control API refused a call; the message is its explanation."""
+
+
+class EmulatorClient:
+    """``verify`` is the CA or bundle path that trusts the emulator. It is passed with
+    every request because requests lets REQUESTS_CA_BUNDLE override a session's
+    ``verify`` (and this machine sets that variable to the system bundle)."""
+
+    def __init__(self, url: str, verify: str | Path | bool = True,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.verify: str | bool = str(verify) if isinstance(verify, Path) else verify
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, json: Any = None,
+              params: dict[str, str] | None = None) -> requests.Response:
+        response = requests.request(method, f"{self.url}{path}", json=json, params=params,
+                                    verify=self.verify, timeout=self.timeout)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("error", response.text)
+            except ValueError:
+                detail = response.text
+            raise EmulatorError(f"{method} {path}: {response.status_code} {detail}")
+        return response
+
+    def _json(self, method: str, path: str, json: Any = None,
+              params: dict[str, str] | None = None) -> Any:
+        return self._call(method, path, json, params).json()
+
+    def register_client(self, client_id: str, client_secret: str) -> None:
+        self._json("POST", "/_emulator/clients", {"client_id": client_id, "client_secret": client_secret})
+
+    def grant(self, client_id: str, email: str, scope: str | None = None) -> str:
+        """A new refresh token for ``email`` through ``client_id``."""
+        body = {"client_id": client_id, "email": email}
+        if scope is not None:
+            body["scope"] = scope
+        return str(self._json("POST", "/_emulator/grants", body)["refresh_token"])
+
+    def revoke(self, *, refresh_token: str | None = None, email: str | None = None) -> int:
+        """Revoke one refresh token, or every grant of ``email``; how many were revoked."""
+        body = {"refresh_token": refresh_token} if refresh_token is not None else {"email": email}
+        return int(self._json("POST", "/_emulator/revoke", body)["revoked"])
+
+    def expire_tokens(self, email: str | None = None) -> int:
+        """Expire the access tokens of ``email``, or all of them; how many."""
+        body = {} if email is None else {"email": email}
+        return int(self._json("POST", "/_emulator/expire", body)["expired"])
+
+    def set_token_ttl(self, seconds: int) -> None:
+        self._json("POST", "/_emulator/settings", {"access_token_ttl": seconds})
+
+    def inject(self, **rule: Any) -> int:
+        """Add a fault rule (see faults.FaultRule for the fields); its id."""
+        return int(self._json("POST", "/_emulator/inject", rule)["id"])
+
+    def faults(self) -> list[dict[str, Any]]:
+        return list(self._json("GET", "/_emulator/faults")["rules"])
+
+    def reset(self, *, everything: bool = False) -> None:
+        """Forget faults, counters and messages; ``everything`` also clients and grants."""
+        self._json("POST", "/_emulator/reset", {"all": everything})
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._json("GET", "/_emulator/stats"))
+
+    def messages(self, mailbox: str | None = None) -> list[dict[str, Any]]:
+        """Delivered messages, newest first, of one mailbox or all."""
+        params = None if mailbox is None else {"mailbox": mailbox}
+        return list(self._json("GET", "/_emulator/api/messages", params=params)["messages"])
+
+    def raw(self, message_id: str) -> bytes:
+        return self._call("GET", f"/_emulator/api/messages/{message_id}/raw").content
+
+    def part(self, message_id: str, cid: str) -> bytes:
+        return self._call("GET", f"/_emulator/api/messages/{message_id}/parts/{quote(cid, safe='')}").content

@@ -1,0 +1,154 @@
+"""The control API under /_emulator/: set up OAuth clients and grants, inject failures,
+read counters and the delivered messages. Tests and the demo drive the emulator here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailrelay.emulator import mime
+from mailrelay.emulator.faults import RuleError, parse_rule
+from mailrelay.emulator.server import Request, Response, Route, json_response
+from mailrelay.emulator.state import State
+
+_MESSAGE = r"/_emulator/api/messages/(?P<id>[0-9a-f]{1,32})"
+# A delivered part is whatever a sender attached: never let a browser run it in our
+# origin, where the control API lives.
+PART_HEADERS = [("X-Content-Type-Options", "nosniff"),
+                ("Content-Security-Policy", "default-src 'none'; sandbox")]
+MAX_TOKEN_TTL = 30 * 24 * 3600
+
+
+def _problem(status: int, message: str) -> Response:
+    return json_response(status, {"error": message})
+
+
+def _object(request: Request) -> dict[str, Any] | Response:
+    try:
+        body = request.json()
+    except ValueError:
+        return _problem(400, "the body must be JSON")
+    if not isinstance(body, dict):
+        return _problem(400, "the body must be a JSON object")
+    return body
+
+
+def _string(body: dict[str, Any], key: str) -> str | None:
+    value = body.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def routes(state: State) -> list[Route]:
+    def clients(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        client_id, secret = _string(body, "client_id"), _string(body, "client_secret")
+        if client_id is None or secret is None:
+            return _problem(400, "client_id and client_secret are required strings")
+        state.register_client(client_id, secret)
+        return json_response(200, {"client_id": client_id})
+
+    def grants(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        client_id, email = _string(body, "client_id"), _string(body, "email")
+        if client_id is None or email is None:
+            return _problem(400, "client_id and email are required strings")
+        try:
+            token = state.grant(client_id, email, _string(body, "scope"))
+        except KeyError:
+            return _problem(404, f"no client {client_id}; register it at /_emulator/clients")
+        return json_response(200, {"refresh_token": token})
+
+    def revoke(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        refresh_token, email = _string(body, "refresh_token"), _string(body, "email")
+        if (refresh_token is None) == (email is None):
+            return _problem(400, "give refresh_token or email, not both")
+        return json_response(200, {"revoked": state.revoke(refresh_token=refresh_token, email=email)})
+
+    def expire(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        return json_response(200, {"expired": state.expire_tokens(_string(body, "email"))})
+
+    def settings(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        ttl = body.get("access_token_ttl")
+        if ttl is not None:
+            if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TOKEN_TTL:
+                return _problem(400, f"access_token_ttl must be an integer from 0 to {MAX_TOKEN_TTL}")
+            state.set_access_token_ttl(ttl)
+        return json_response(200, {"access_token_ttl": state.access_token_ttl})
+
+    def inject(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        if set(body) == {"rule"}:  # {"rule": {...}} and the bare rule both work
+            body = body["rule"]
+        try:
+            rule = parse_rule(body)
+        except RuleError as err:
+            return _problem(400, str(err))
+        return json_response(200, {"id": state.faults.add(rule), "rule": rule.as_dict()})
+
+    def faults(request: Request) -> Response:
+        return json_response(200, {"rules": state.faults.snapshot()})
+
+    def reset(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        everything = body.get("all") is True
+        state.reset(everything=everything)
+        return json_response(200, {"reset": "all" if everything else "traffic"})
+
+    def stats(request: Request) -> Response:
+        return json_response(200, state.stats())
+
+    def messages(request: Request) -> Response:
+        found = state.received(request.arg("mailbox"))
+        return json_response(200, {"messages": [mime.summarize(m) for m in found]})
+
+    def message(request: Request) -> Response:
+        stored = state.message(request.params["id"])
+        if stored is None:
+            return _problem(404, "no such message")
+        return json_response(200, mime.summarize(stored))
+
+    def raw(request: Request) -> Response:
+        stored = state.message(request.params["id"])
+        if stored is None:
+            return _problem(404, "no such message")
+        return Response(200, stored.raw, "message/rfc822", list(PART_HEADERS))
+
+    def part(request: Request) -> Response:
+        stored = state.message(request.params["id"])
+        found = None if stored is None else mime.inline_part(stored, request.params["cid"])
+        if found is None:
+            return _problem(404, "no such message or part")
+        content_type, data = found
+        return Response(200, data, content_type, list(PART_HEADERS))
+
+    return [
+        Route("POST", r"/_emulator/clients", "emulator.clients", clients),
+        Route("POST", r"/_emulator/grants", "emulator.grants", grants),
+        Route("POST", r"/_emulator/revoke", "emulator.revoke", revoke),
+        Route("POST", r"/_emulator/expire", "emulator.expire", expire),
+        Route("POST", r"/_emulator/settings", "emulator.settings", settings),
+        Route("POST", r"/_emulator/inject", "emulator.inject", inject),
+        Route("GET", r"/_emulator/faults", "emulator.faults", faults),
+        Route("POST", r"/_emulator/reset", "emulator.reset", reset),
+        Route("GET", r"/_emulator/stats", "emulator.stats", stats),
+        Route("GET", r"/_emulator/api/messages", "emulator.messages", messages),
+        Route("GET", _MESSAGE, "emulator.message", message),
+        Route("GET", _MESSAGE + r"/raw", "emulator.raw", raw),
+        Route("GET", _MESSAGE + r"/parts/(?P<cid>[^/]+)", "emulator.part", part),
+    ]

@@ -1,0 +1,114 @@
+"""The HTTP layer every HTTPS provider shares: one session per process, timeouts, and the
+translation of transport failures into codes that say whether the request may have left.
+
+A provider module fills in ``error_for(response)`` (its error table). A 401 is handled
+here for all of them: the access token is renewed once and the request repeated once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+import requests
+import urllib3
+
+from mailrelay.config import get_settings
+from mailrelay.errors import ProviderError
+from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource
+
+CONNECT_TIMEOUT = 10.0
+
+
+class AuthRejected(Exception):
+    """The provider answered 401 to this access token."""
+
+
+class HttpAdapter(ProviderAdapter):
+    uses_oauth = True
+
+    def __init__(self) -> None:
+        # One session per adapter instance, and the registry keeps one instance per
+        # process: TLS connections are reused across sends, never shared across a fork.
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = "mailrelay"
+        self.timeout = (CONNECT_TIMEOUT, get_settings().provider_timeout)
+
+    def transmit(self, out: Outbound, prepared: Any, tokens: TokenSource | None) -> Any:
+        return self.with_token(tokens, lambda token: self.transmit_with(out, prepared, token))
+
+    def with_token(self, tokens: TokenSource | None, request: Any) -> Any:
+        """Run ``request(token)``; after a 401, renew the token once and run it once more."""
+        if tokens is None:
+            raise TypeError(f"{type(self).__name__} needs a TokenSource")
+        token = tokens.get()
+        try:
+            return request(token)
+        except AuthRejected:
+            token = tokens.renew(token)
+        try:
+            return request(token)
+        except AuthRejected:
+            raise ProviderError("auth_expired", "a freshly refreshed access token was refused",
+                                provider=self.name, status=401) from None
+
+    def transmit_with(self, out: Outbound, prepared: Any, token: str) -> Any:
+        """Send ``prepared`` with ``token``; raise AuthRejected on 401."""
+        raise self._missing("transmit_with")
+
+    def call(self, method: str, url: str, *, token: str, sends: bool, **kwargs: Any) -> requests.Response:
+        """One request. ``sends``: whether a lost answer may mean the message went out."""
+        headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        try:
+            response = self.session.request(method, url, headers=headers, timeout=self.timeout,
+                                            **kwargs)
+        except requests.exceptions.ConnectTimeout as err:
+            raise ProviderError("network_error", "connect timed out", provider=self.name) from err
+        except requests.exceptions.SSLError as err:
+            raise ProviderError("network_error", "TLS handshake failed", provider=self.name) from err
+        except requests.exceptions.ReadTimeout as err:
+            raise ProviderError("provider_timeout", "no answer in time", provider=self.name,
+                                sent_unknown=sends) from err
+        except requests.exceptions.ConnectionError as err:
+            reached = _reached_server(err)
+            raise ProviderError("network_error", "connection failed" + (" after the request"
+                                if reached else ""), provider=self.name,
+                                sent_unknown=sends and reached) from err
+        if response.status_code == 401:
+            raise AuthRejected()
+        if response.status_code >= 400:
+            raise self.error_for(response)
+        return response
+
+    def error_for(self, response: requests.Response) -> ProviderError:
+        """The provider's error table: a response of status ≥ 400 (not 401) as a ProviderError."""
+        raise self._missing("error_for")
+
+
+def _reached_server(err: requests.exceptions.ConnectionError) -> bool:
+    """False only when the connection was never made, so nothing can have been sent."""
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return not isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def retry_after(response: requests.Response) -> float | None:
+    """Retry-After as seconds (delta-seconds or an HTTP date), or None."""
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def summary(response: requests.Response, limit: int = 200) -> str:
+    """A short, safe excerpt of an error body (providers' error texts carry no secrets)."""
+    text = response.text[:limit] if response.content else ""
+    return " ".join(text.split())
