@@ -78,6 +78,20 @@ class Stack:
             argv += ["--concurrency", str(concurrency)]
         return self.start(f"worker-{profile}", argv, env)
 
+    def start_emulator(self) -> tuple[str, str]:
+        """Start `mailrelay emulator` on a free port; return its URL and CA bundle path."""
+        self.start("emulator", [sys.executable, "-m", "mailrelay.cli", "emulator", "--port",
+                                str(free_port()), "--state-dir", str((self.workdir / "emulator").resolve())])
+        self.wait_log("emulator", "bundle:", timeout=30)
+        found: dict[str, str] = {}
+        with (self.workdir / "emulator.log").open("rb") as handle:
+            handle.seek(self.log_offsets["emulator"])
+            for line in handle.read().decode(errors="replace").splitlines():
+                name, sep, value = line.partition(": ")
+                if sep and name in ("emulator", "bundle"):
+                    found.setdefault(name, value.strip())
+        return found["emulator"], found["bundle"]
+
     def wait_log(self, name: str, needle: str, timeout: float = 60) -> None:
         """Wait until the process's log says ``needle`` (in what it wrote since it started)."""
         path = self.workdir / f"{name}.log"

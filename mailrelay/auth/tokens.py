@@ -7,12 +7,13 @@ Per account, Redis holds
                                   fail at once, without asking the token endpoint;
   ``mailrelay:lock:token:<id>``   the refresh lock (redis-py Lock).
 
-A herd of workers meeting a missing or rejected token makes one refresh: the first to
-take the lock (non-blocking) re-reads the cache, refreshes, stores a rotated refresh
-token in the database *before* anything uses the new access token, and writes the cache
-only while it still holds the lock. The others do not queue on the lock: they re-read
-the cache every 50-150 ms (jittered, so they do not wake together) until the new token
-appears or the wait bound passes.
+Each process also keeps the token it last used for LOCAL_SECONDS, so most sends touch
+neither Redis nor the token endpoint. A herd of workers meeting a missing or rejected
+token makes one refresh: the first to take the lock (non-blocking) re-reads the cache,
+refreshes, stores a rotated refresh token in the database *before* anything uses the
+new access token, and writes the cache only while it still holds the lock. The others
+do not queue on the lock: they re-read the cache every 50-150 ms (jittered, so they do
+not wake together) until the new token appears or the wait bound passes.
 """
 
 from __future__ import annotations
@@ -47,6 +48,11 @@ class TokenGrant:
 
 Refresher = Callable[[Credentials], TokenGrant]
 
+# How long a process reuses a token without asking Redis. Safe because a token that stops
+# working (expired early, grant revoked) gets a 401, and the renewal after a 401 always
+# reads Redis, where a revocation tombstone stops it. Far below any token's lifetime.
+LOCAL_SECONDS = 30.0
+
 
 def _keys(account_id: int) -> tuple[str, str, str]:
     base = key("token", str(account_id))
@@ -62,6 +68,8 @@ class TokenManager:
         # Longer than the token HTTP call, so that a live refresher never loses the lock.
         self.lock_timeout = lock_timeout or settings.provider_timeout + 15
         self.wait_timeout = wait_timeout or settings.provider_timeout + 20
+        # token, until (monotonic): saves the Redis read on most sends; see LOCAL_SECONDS.
+        self._local: dict[int, tuple[str, float]] = {}
 
     # -- what adapters use ----------------------------------------------------------------
     def source(self, account: Credentials, refresher: Refresher) -> AccountTokens:
@@ -69,13 +77,18 @@ class TokenManager:
 
     def get(self, account: Credentials, refresher: Refresher, *, stale: str | None = None) -> str:
         """A valid access token; ``stale`` is one the provider just rejected."""
+        local = self._local.get(account.id)
+        if local is not None and local[0] != stale and time.monotonic() < local[1]:
+            return local[0]
         cached = self._read(account.id)
-        if cached is not None and cached != stale:
-            return cached
-        return self._refresh(account, refresher, stale)
+        if cached is None or cached == stale:
+            cached = self._refresh(account, refresher, stale)
+        self._local[account.id] = (cached, time.monotonic() + LOCAL_SECONDS)
+        return cached
 
     # -- administration ------------------------------------------------------------------
     def revoke(self, account_id: int) -> None:
+        self._local.pop(account_id, None)
         token_key, revoked_key, _ = _keys(account_id)
         pipe = self.redis.pipeline()
         pipe.delete(token_key)
@@ -84,10 +97,12 @@ class TokenManager:
 
     def reinstate(self, account_id: int) -> None:
         """After a reconnect: forget the tombstone and any cached token."""
+        self._local.pop(account_id, None)
         token_key, revoked_key, _ = _keys(account_id)
         self.redis.delete(token_key, revoked_key)
 
     def forget(self, account_id: int) -> None:
+        self._local.pop(account_id, None)
         self.redis.delete(_keys(account_id)[0])
 
     # -- internals -----------------------------------------------------------------------

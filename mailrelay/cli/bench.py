@@ -1,10 +1,11 @@
 """`mailrelay bench`: delivery throughput against a bare Celery task, as a table of ratios.
 
 Both sides run on one worker with the same pool and concurrency and make the same
-provider call (the sink adapter: MIME build, one insert, and MAILRELAY_SINK_LATENCY_MS of
-waiting standing in for a provider round trip). The difference is what mailrelay adds:
-the claim and finish transactions, attempt and audit rows. Rounds alternate between the
-two sides and the median is reported, because shared machines are noisy.
+provider call: the sink adapter (MIME build, one insert, MAILRELAY_SINK_LATENCY_MS of
+waiting), or the Gmail adapter's HTTPS call to the emulator. The difference is what
+mailrelay adds: the claim and finish transactions, the token cache, attempt and audit
+rows. Rounds alternate between the two sides and the median is reported, because shared
+machines are noisy.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,12 @@ import click
 
 from mailrelay.cli.output import emit_json, json_option, table
 
-SENDER = "bench@example.com"
+SENDERS = {"sink": "bench-sink@example.com", "gmail": "bench-gmail@example.com"}
+CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"  # the emulator's only
 
 
-def _message(i: int) -> dict[str, Any]:
-    return {"from": SENDER, "to": [f"rcpt{i}@example.org"], "subject": f"bench {i}",
+def _message(provider: str, i: int) -> dict[str, Any]:
+    return {"from": SENDERS[provider], "to": [f"rcpt{i}@example.org"], "subject": f"bench {i}",
             "text": "Benchmark message body.\n" * 20, "html": "<p>Benchmark message body.</p>" * 20}
 
 
@@ -40,98 +43,145 @@ def _count(sql: str) -> int:
         return int(conn.execute(text(sql)).scalar() or 0)
 
 
-def _wait_count(sql: str, target: int, timeout: float) -> float:
+def _wait(count: Callable[[], int], target: int, timeout: float = 600) -> float:
     deadline = time.monotonic() + timeout
-    while _count(sql) < target:
+    while count() < target:
         if time.monotonic() > deadline:
-            raise click.ClickException(f"benchmark stalled: {sql} stayed below {target}")
+            raise click.ClickException(f"benchmark stalled below {target}")
         time.sleep(0.02)
     return time.monotonic()
 
 
-def _round_bare(n: int) -> float:
-    from mailrelay.celery_app import app
-    from mailrelay.tasks.bench import BENCH_TASK
+class Bench:
+    def __init__(self, provider: str, emulator: Any = None, token: str = "") -> None:
+        self.provider, self.emulator, self.token = provider, emulator, token
 
-    before = _count("SELECT count(*) FROM sink_deliveries")
-    start = time.monotonic()
-    for i in range(n):
-        mid = str(uuid.uuid4())
-        app.send_task(BENCH_TASK, kwargs={"message_id": mid, "rfc822_message_id": f"<{mid}@bench>",
-                                          "payload": _message(i)}, queue="mailrelay.sink")
-    end = _wait_count("SELECT count(*) FROM sink_deliveries", before + n, timeout=600)
-    return n / (end - start)
+    def delivered(self) -> int:
+        if self.provider == "sink":
+            return _count("SELECT count(*) FROM sink_deliveries")
+        return int(self.emulator.stats()["requests"].get("gmail.send", 0))
+
+    def bare(self, n: int) -> float:
+        from mailrelay.celery_app import app
+        from mailrelay.providers import queue_for
+        from mailrelay.tasks.bench import BENCH_TASK
+
+        before = self.delivered()
+        start = time.monotonic()
+        for i in range(n):
+            mid = str(uuid.uuid4())
+            app.send_task(BENCH_TASK, kwargs={
+                "message_id": mid, "rfc822_message_id": f"<{uuid.UUID(mid).hex}@example.com>",
+                "payload": _message(self.provider, i), "provider": self.provider,
+                "access_token": self.token}, queue=queue_for(self.provider))
+        return n / (_wait(self.delivered, before + n) - start)
+
+    def mailrelay(self, n: int) -> float:
+        from mailrelay.message import validate
+        from mailrelay.store import outbox
+        from mailrelay.tasks.routing import enqueue_delivery
+
+        account = outbox.find_account(SENDERS[self.provider])
+        assert account is not None
+        ids = [outbox.accept(validate(_message(self.provider, i)), account, request_id=None,
+                             actor="bench", size_bytes=0).message_id for i in range(n)]
+        sent = "SELECT count(*) FROM messages WHERE state = 'sent'"
+        before = _count(sent)
+        start = time.monotonic()
+        for mid in ids:
+            enqueue_delivery(mid, self.provider)
+        return n / (_wait(lambda: _count(sent), before + n) - start)
 
 
-def _round_mailrelay(n: int) -> float:
-    from mailrelay.message import validate
-    from mailrelay.store import outbox
-    from mailrelay.tasks.routing import enqueue_delivery
+def _prepare_gmail(stack: Any) -> tuple[Any, str]:
+    from mailrelay.auth.credentials import forget
+    from mailrelay.config import get_settings
+    from mailrelay.emulator.client import EmulatorClient
+    from mailrelay.providers.gmail import GmailAdapter
+    from mailrelay.store import accounts
 
-    account = outbox.find_account(SENDER)
-    assert account is not None
-    ids = []
-    for i in range(n):  # intake is not what is measured here
-        message = validate(_message(i))
-        ids.append(outbox.accept(message, account, request_id=None, actor="bench",
-                                 size_bytes=0).message_id)
-    before = _count("SELECT count(*) FROM messages WHERE state = 'sent'")
-    start = time.monotonic()
-    for mid in ids:
-        enqueue_delivery(mid, "sink")
-    end = _wait_count("SELECT count(*) FROM messages WHERE state = 'sent'", before + n, timeout=600)
-    return n / (end - start)
+    url, bundle = stack.start_emulator()
+    os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
+                      MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
+    get_settings.cache_clear()
+    emulator = EmulatorClient(url, verify=bundle)
+    emulator.register_client(CLIENT_ID, CLIENT_SECRET)
+    refresh = emulator.grant(CLIENT_ID, SENDERS["gmail"])
+    if SENDERS["gmail"] in {a["address"] for a in accounts.list_all()}:
+        accounts.replace_secrets(SENDERS["gmail"], client_secret=CLIENT_SECRET, refresh_token=refresh)
+    else:
+        accounts.add("gmail", SENDERS["gmail"], client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                     refresh_token=refresh)
+    forget()
+    token = GmailAdapter().refresh(accounts.credentials(SENDERS["gmail"])).access_token
+    return emulator, token
 
 
 @click.command("bench")
+@click.option("--provider", type=click.Choice(["sink", "gmail"]), default="gmail", show_default=True,
+              help="gmail: HTTPS calls to the emulator; sink: a local insert (plus --latency-ms).")
 @click.option("--messages", default=300, show_default=True, help="Messages per round and side.")
 @click.option("--rounds", default=3, show_default=True, help="Rounds per side; the median counts.")
 @click.option("--concurrency", default=8, show_default=True, help="Worker processes (prefork).")
-@click.option("--latency-ms", default="0,50", show_default=True,
-              help="Comma-separated simulated provider latencies to measure.")
+@click.option("--latency-ms", default="0", show_default=True,
+              help="Comma-separated simulated provider latencies (sink only).")
 @click.option("--database-url", help="Outbox for the run (default: a fresh SQLite file). "
                                      "PostgreSQL gives the production picture.")
 @json_option
-def command(messages: int, rounds: int, concurrency: int, latency_ms: str, database_url: str | None,
-            as_json: bool) -> None:
+def command(provider: str, messages: int, rounds: int, concurrency: int, latency_ms: str,
+            database_url: str | None, as_json: bool) -> None:
     """Print delivery throughput of mailrelay.deliver vs a bare task, with the ratio."""
+    from mailrelay.auth.crypto import new_key
     from mailrelay.devstack import Stack
 
     workdir = Path(tempfile.mkdtemp(prefix="mailrelay-bench-"))
     os.environ["MAILRELAY_DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'bench.db'}"
+    os.environ.setdefault("MAILRELAY_SECRET_KEY", new_key())
     from mailrelay.config import get_settings
     from mailrelay.store import accounts, migrate
 
     get_settings.cache_clear()
     migrate.upgrade(get_settings().database_url)
-    if SENDER not in {a["address"] for a in accounts.list_all()}:
-        accounts.add("sink", SENDER)
+    if SENDERS["sink"] not in {a["address"] for a in accounts.list_all()}:
+        accounts.add("sink", SENDERS["sink"])
+    latencies = [int(x) for x in latency_ms.split(",") if x.strip()] if provider == "sink" else [0]
     results = []
-    for latency in [int(x) for x in latency_ms.split(",") if x.strip()]:
-        stack = Stack(workdir)
-        try:
-            stack.start(f"worker-{latency}", [
-                sys.executable, "-m", "celery", "-A", "mailrelay.celery_app", "worker", "-Q",
-                "mailrelay.sink", "-P", "prefork", "-c", str(concurrency), "--prefetch-multiplier",
-                "1", "-l", "warning", "--without-gossip", "--without-mingle", "-n",
-                f"bench-{latency}@%h"], env={"MAILRELAY_SINK_LATENCY_MS": str(latency)})
-            time.sleep(1)
-            _round_bare(concurrency * 2)  # warm-up: connections, imports, JIT-free caches
-            _round_mailrelay(concurrency * 2)
-            bare, relay = [], []
-            for _ in range(rounds):
-                bare.append(_round_bare(messages))
-                relay.append(_round_mailrelay(messages))
-        finally:
-            stack.stop()
-        b, r = statistics.median(bare), statistics.median(relay)
-        results.append({"latency_ms": latency, "bare_per_s": round(b, 1),
-                        "mailrelay_per_s": round(r, 1), "ratio": round(r / b, 3),
-                        "target": 0.8, "rounds": rounds, "messages": messages,
-                        "concurrency": concurrency})
+    services = Stack(workdir)
+    try:
+        bench = Bench(provider, *(_prepare_gmail(services) if provider == "gmail" else ()))
+        for latency in latencies:
+            results.append(_measure(bench, workdir, latency, messages, rounds, concurrency))
+    finally:
+        services.stop()
     if as_json:
         emit_json(results)
     else:
         backend = get_settings().database_url.split(":")[0]
-        table(results, list(results[0]), title=f"deliver vs bare task ({backend})")
+        table(results, list(results[0]), title=f"deliver vs bare task ({provider}, {backend})")
     click.echo(json.dumps({"workdir": str(workdir)}), err=True)
+
+
+def _measure(bench: Bench, workdir: Path, latency: int, messages: int, rounds: int,
+             concurrency: int) -> dict[str, Any]:
+    from mailrelay.devstack import Stack
+
+    stack = Stack(workdir)
+    try:
+        stack.start(f"worker-{bench.provider}-{latency}", [
+            sys.executable, "-m", "celery", "-A", "mailrelay.celery_app", "worker", "-Q",
+            f"mailrelay.{bench.provider}", "-P", "prefork", "-c", str(concurrency),
+            "--prefetch-multiplier", "1", "-l", "warning", "--without-gossip", "--without-mingle",
+            "-n", f"bench-{latency}@%h"], env={"MAILRELAY_SINK_LATENCY_MS": str(latency)})
+        time.sleep(1)
+        bench.bare(concurrency * 2)  # warm-up: connections, imports, the token cache
+        bench.mailrelay(concurrency * 2)
+        bare, relay = [], []
+        for _ in range(rounds):
+            bare.append(bench.bare(messages))
+            relay.append(bench.mailrelay(messages))
+    finally:
+        stack.stop()
+    b, r = statistics.median(bare), statistics.median(relay)
+    return {"provider": bench.provider, "latency_ms": latency if bench.provider == "sink" else "-",
+            "bare_per_s": round(b, 1), "mailrelay_per_s": round(r, 1), "ratio": round(r / b, 3),
+            "target": 0.8, "rounds": rounds, "messages": messages, "concurrency": concurrency}

@@ -111,25 +111,6 @@ def _base_env(stack: Any, workdir: Path) -> dict[str, str]:
     return env
 
 
-def _start_emulator(stack: Any, workdir: Path) -> tuple[str, str]:
-    from mailrelay.devstack import free_port
-
-    port = free_port()
-    log = workdir / "emulator.log"
-    offset = log.stat().st_size if log.exists() else 0  # earlier runs' lines stay above
-    stack.start("emulator", [sys.executable, "-m", "mailrelay.cli", "emulator", "--port", str(port),
-                             "--state-dir", str((workdir / "emulator").resolve())])
-    stack.wait_log("emulator", "bundle:", timeout=30)
-    found: dict[str, str] = {}
-    with log.open("rb") as handle:
-        handle.seek(offset)
-        for line in handle.read().decode(errors="replace").splitlines():
-            name, sep, value = line.partition(": ")
-            if sep and name in ("emulator", "bundle"):
-                found.setdefault(name, value.strip())
-    return found["emulator"], found["bundle"]
-
-
 @click.command("demo")
 @click.option("--once", is_flag=True, help="Send the samples, check them, stop everything, exit.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
@@ -142,7 +123,7 @@ def command(once: bool, workdir: Path) -> None:
     stack = Stack(workdir)
     try:
         os.environ.update(_base_env(stack, workdir))
-        url, bundle = _start_emulator(stack, workdir)
+        url, bundle = stack.start_emulator()
         os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
                           MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
         ok = _run(stack, workdir, url, bundle, once)
@@ -169,10 +150,8 @@ def _accounts(emulator: Any) -> None:
         accounts.add("gmail", GMAIL_SENDER, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                      refresh_token=refresh)
     else:
-        creds = accounts.credentials(GMAIL_SENDER)
-        accounts.store_refresh_token(creds.id, refresh)
-        accounts.set_state(creds.id, "active")
-        manager().reinstate(creds.id)
+        manager().reinstate(accounts.replace_secrets(GMAIL_SENDER, client_secret=CLIENT_SECRET,
+                                                     refresh_token=refresh))
     forget()
 
 

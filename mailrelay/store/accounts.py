@@ -88,6 +88,20 @@ def store_refresh_token(account_id: int, refresh_token: str) -> None:
     _set(account_id, refresh_token_enc=crypto.encrypt(refresh_token))
 
 
+def replace_secrets(address: str, *, client_secret: str | None, refresh_token: str | None) -> int:
+    """Store new secrets (a reconnect, or a key nobody holds any more); returns the account id."""
+    address = address.lower()
+    with db_errors(), get_engine().begin() as conn:
+        found = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).scalar()
+        if found is None:
+            raise AccountNotFound(f"no account {address}")
+        conn.execute(update(accounts).where(accounts.c.id == found).values(
+            client_secret_enc=crypto.encrypt(client_secret) if client_secret else None,
+            refresh_token_enc=crypto.encrypt(refresh_token) if refresh_token else None,
+            state="active", updated_at=utcnow()))
+    return int(found)
+
+
 def record_refresh(account_id: int, at: dt.datetime | None = None) -> None:
     _set(account_id, last_refresh_at=at or utcnow())
 

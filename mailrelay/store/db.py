@@ -36,7 +36,7 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30})
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return create_engine(
+    engine = create_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
@@ -46,6 +46,7 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
         pool_recycle=1800,
         connect_args={"connect_timeout": 10, "application_name": "mailrelay"},
     )
+    return engine
 
 
 def get_engine(url: str | None = None) -> Engine:

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -61,6 +62,9 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         return value.replace(tzinfo=dt.UTC)
 
 
+PENDING = "state IN ('queued', 'sending', 'retrying')"
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
@@ -91,8 +95,13 @@ class MessageRow(Base):
     __table_args__ = (
         # Unique per account; NULL keys (rejected requests, no key given) never collide.
         UniqueConstraint("account_id", "idempotency_key", name="uq_messages_account_idempotency"),
-        Index("ix_messages_state_next_attempt", "state", "next_attempt_at"),
-        Index("ix_messages_state_updated", "state", "updated_at"),
+        # Partial indexes: only messages still in flight (for the reconciler) and failed ones
+        # (for on-call) are indexed by state. A message reaching `sent` leaves them with no
+        # index write, which keeps the deliver path's UPDATEs cheap.
+        Index("ix_messages_pending", "state", "next_attempt_at",
+              postgresql_where=text(PENDING), sqlite_where=text(PENDING)),
+        Index("ix_messages_failed", "updated_at",
+              postgresql_where=text("state = 'failed'"), sqlite_where=text("state = 'failed'")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

@@ -233,10 +233,18 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
     attempt_id = str(uuid.uuid4())
     with db_errors(), get_engine().begin() as conn:
         if conn.dialect.name == "postgresql":
-            row = conn.execute(pg_fastpath.CLAIM, {
-                "message_id": message_id, "owner": owner, "expires": expires, "now": now,
-                "attempt_id": attempt_id, "worker": worker[:200]}).first()
-            return _claim(message_id, owner, attempt_id, expires, row) if row else None
+            pg_fastpath.ensure_prepared(conn)
+            row = conn.exec_driver_sql(pg_fastpath.CLAIM, {
+                "message_id": message_id, "owner": owner, "expires": pg_fastpath.naive_utc(expires),
+                "now": pg_fastpath.naive_utc(now), "attempt_id": attempt_id,
+                "worker": worker[:200]}).first()
+            if row is None:
+                return None
+            return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
+                         attempt_number=row.attempt_count, provider=row.provider,
+                         from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
+                         payload=row.payload, created_at=pg_fastpath.aware_utc(row.created_at),
+                         lease_expires_at=expires, verify=bool(row.verify_before_send))
         row = conn.execute(stmt).first()
         if row is None:
             return None
@@ -285,11 +293,12 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
     with db_errors(), get_engine().begin() as conn:
         if conn.dialect.name == "postgresql":
             sent = outcome.state is State.SENT
-            return bool(conn.execute(pg_fastpath.FINISH, {
+            pg_fastpath.ensure_prepared(conn)
+            return bool(conn.exec_driver_sql(pg_fastpath.FINISH, {
                 "message_id": claim.message_id, "owner": claim.owner, "attempt_id": claim.attempt_id,
-                "state": outcome.state.value, "now": now, "verify": outcome.verify,
-                "code": outcome.code, "detail": outcome.detail,
-                "next_attempt_at": outcome.next_attempt_at, "sent": sent,
+                "state": outcome.state.value, "now": pg_fastpath.naive_utc(now),
+                "verify": outcome.verify, "code": outcome.code, "detail": outcome.detail,
+                "next_attempt_at": pg_fastpath.naive_utc(outcome.next_attempt_at), "sent": sent,
                 "provider_message_id": outcome.provider_message_id,
                 "attempt_outcome": attempt_outcome, "attempt_detail": detail,
                 "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
