@@ -1,10 +1,17 @@
 """Celery beat's schedule, declarative: entry name → task, schedule, queue.
 
 Loaded by ``mailrelay.celery_app``. Every entry runs on ``mailrelay.control``; a test
-checks that each names a registered task. The reconciler, rollout controller and metric
-export join here as they land.
+checks that each names a registered task. The rollout controller and metric export join
+here as they land.
 """
 
 from __future__ import annotations
 
-SCHEDULE: dict[str, dict[str, object]] = {}
+SCHEDULE: dict[str, dict[str, object]] = {
+    # Re-enqueues messages no task will pick up (lost tasks, parked retries, dead leases).
+    "reconcile-outbox": {
+        "task": "mailrelay.reconcile",
+        "schedule": 60.0,
+        "options": {"queue": "mailrelay.control", "expires": 55},
+    },
+}

@@ -44,7 +44,8 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
 def make_app() -> Celery:
     settings = get_settings()
     celery = Celery("mailrelay", include=[
-        "mailrelay.tasks.intake", "mailrelay.tasks.deliver", "mailrelay.tasks.bench"])
+        "mailrelay.tasks.intake", "mailrelay.tasks.deliver", "mailrelay.tasks.control",
+        "mailrelay.tasks.bench"])
     celery.conf.update(
         broker_url=settings.broker_url,
         result_backend=settings.result_backend,

@@ -69,6 +69,15 @@ def _choice(*options: str) -> Callable[[str], str]:
     return coerce
 
 
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
 def _text(raw: str) -> str:
     if not raw.strip():
         raise ValueError("expected a non-empty value")
@@ -129,6 +138,9 @@ TABLE: tuple[Setting, ...] = (
             "seconds before Redis redelivers an unacked task; above lease + countdown bound"),
     Setting("countdown_max", _int(1, 300), "60",
             "longest retry wait kept as a Celery countdown; longer waits are parked in the DB"),
+    Setting("reconcile_after", _int(10, 86400), "120",
+            "seconds a message may sit untouched (queued, due, or with an expired lease) before "
+            "the reconciler re-enqueues it"),
     Setting("retry_max_attempts", _int(1, 100), "10", "attempts before a retryable error fails"),
     Setting("retry_max_age", _int(60, 7 * 86400), "86400", "seconds after intake that retries stop"),
     Setting("retry_base", _float(0.1, 600), "2", "first backoff step, seconds"),
@@ -144,6 +156,11 @@ TABLE: tuple[Setting, ...] = (
             "Google OAuth token endpoint"),
     Setting("google_auth_url", _url(*_HTTP), "https://accounts.google.com/o/oauth2/v2/auth",
             "Google OAuth consent page"),
+    Setting("graph_api_url", _url(*_HTTP), "https://graph.microsoft.com/v1.0", "Microsoft Graph base URL"),
+    Setting("graph_save_to_sent_items", _bool, "true",
+            "keep a Sent Items copy; the exactly-once lookup needs it (off: unknown outcomes resend)"),
+    Setting("ms_authority_host", _url(*_HTTP), "https://login.microsoftonline.com",
+            "Entra ID authority host (MSAL authority = host/tenant)"),
     Setting("token_refresh_margin", _int(0, 3000), "300",
             "seconds before expiry that a cached access token counts as expired"),
     # Inputs of `mailrelay accounts add`, here so that they are documented with the rest;
@@ -161,6 +178,8 @@ _BY_ENV = {setting.env: setting for setting in TABLE}
 
 @dataclass(frozen=True)
 class Settings:
+    """Every setting, typed. ``repr`` hides secrets and the passwords inside URLs."""
+
     broker_url: str
     result_backend: str
     redis_url: str
@@ -175,6 +194,7 @@ class Settings:
     provider_timeout: float
     visibility_timeout: int
     countdown_max: int
+    reconcile_after: int
     retry_max_attempts: int
     retry_max_age: int
     retry_base: float
@@ -185,11 +205,25 @@ class Settings:
     gmail_api_url: str
     google_token_url: str
     google_auth_url: str
+    graph_api_url: str
+    graph_save_to_sent_items: bool
+    ms_authority_host: str
     token_refresh_margin: int
     client_secret: str = field(repr=False)
     refresh_token: str = field(repr=False)
     flower_auth: str = field(repr=False)
     flower_port: int
+
+    def __repr__(self) -> str:
+        shown = []
+        for item in fields(self):
+            if not item.repr:
+                continue
+            value = getattr(self, item.name)
+            if isinstance(value, str) and "://" in value:
+                value = mask_url(value)
+            shown.append(f"{item.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
@@ -208,7 +242,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         try:
             values[setting.attr] = setting.coerce(raw)
         except ValueError as err:
-            shown = "(hidden)" if setting.secret else repr(raw)
+            shown = "(hidden)" if setting.secret else repr(mask_url(raw))
             raise ConfigError(f"{setting.env}={shown}: {err}") from None
     settings = Settings(**values)
     _check_together(settings)
@@ -222,10 +256,20 @@ def _check_together(settings: Settings) -> None:
             "MAILRELAY_VISIBILITY_TIMEOUT must exceed MAILRELAY_LEASE_SECONDS + "
             "MAILRELAY_COUNTDOWN_MAX"
         )
-    if settings.lease_seconds <= settings.provider_timeout:
-        raise ConfigError("MAILRELAY_LEASE_SECONDS must exceed MAILRELAY_PROVIDER_TIMEOUT")
+    if settings.lease_seconds < settings.provider_timeout + 10:
+        # A send starts only with provider_timeout + 5 s of lease left (delivery.py).
+        raise ConfigError("MAILRELAY_LEASE_SECONDS must exceed MAILRELAY_PROVIDER_TIMEOUT by 10 s")
     if settings.retry_cap < settings.retry_base:
         raise ConfigError("MAILRELAY_RETRY_CAP must be at least MAILRELAY_RETRY_BASE")
+
+
+def mask_url(value: str) -> str:
+    """A URL with its password replaced, fit for a log line or an error."""
+    parts = urlsplit(value)
+    if parts.password is None:
+        return value
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 @lru_cache(maxsize=1)

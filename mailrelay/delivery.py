@@ -9,15 +9,19 @@ The sequence that makes the effect exactly once:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
-from mailrelay import providers
+import redis
+
+from mailrelay import limits, providers
 from mailrelay.auth import credentials, tokens
 from mailrelay.auth.crypto import SecretUnreadable
 from mailrelay.config import get_settings
-from mailrelay.errors import MailrelayError, ProviderError, ValidationError
+from mailrelay.errors import MailrelayError, ProviderError, TransientInfraError, ValidationError
 from mailrelay.logctx import get_logger
 from mailrelay.message import validate
 from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST
@@ -29,6 +33,9 @@ from mailrelay.store.outbox import Claim, Outcome
 from mailrelay.store.states import State
 
 log = get_logger(__name__)
+
+# A send starts only with at least the provider timeout plus this much lease left.
+LEASE_MARGIN_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -68,26 +75,59 @@ def deliver(message_id: str, *, worker: str) -> Report:
 
 
 def _attempt(claim: Claim) -> Outcome:
+    # True while an earlier attempt may have reached the provider and nobody has asked it
+    # yet: every outcome short of that answer keeps the flag, so no later attempt resends
+    # blindly.
+    unsettled = claim.verify
+    note = None
     try:
         adapter = providers.get(claim.provider)
         out = _outbound(claim)
         tokens = _tokens(adapter, claim)
-        if claim.verify:
-            verified = _verify(adapter, out, tokens)
-            if verified is not None:
-                return verified
-        result = adapter.send(out, tokens)
-        return Outcome(State.SENT, provider_message_id=result.provider_message_id)
+        with _slot(adapter, claim):
+            if unsettled:
+                if adapter.capabilities.can_verify:
+                    found = adapter.find_sent(out, tokens)
+                    if found is not None:
+                        return Outcome(State.SENT, provider_message_id=found,
+                                       note="the provider already had this Message-ID; not sent again")
+                else:
+                    note = "the provider cannot say whether the earlier attempt was sent; sent again"
+                unsettled = False
+            _check_lease(claim)
+            result = adapter.send(out, tokens)
+        return Outcome(State.SENT, provider_message_id=result.provider_message_id, note=note)
     except ValidationError as err:
         # The stored payload no longer validates (a corrupt row): sending it is impossible.
-        return Outcome(State.FAILED, code=err.code, detail=f"stored payload: {err}")
+        return Outcome(State.FAILED, code=err.code, detail=f"stored payload: {err}", verify=unsettled)
     except MailrelayError as err:
-        return _after_error(err, claim)
+        return _after_error(err, claim, unsettled)
+    except redis.RedisError as err:  # mailrelay's own Redis, before anything was sent
+        return _after_error(TransientInfraError("redis_unavailable", type(err).__name__), claim,
+                            unsettled)
     except Exception as err:  # an adapter bug: the request may have left, so verify next time
         log.exception("unexpected error in provider %s", claim.provider)
         wrapped = ProviderError("internal_error", type(err).__name__, provider=claim.provider,
                                 sent_unknown=True)
-        return _after_error(wrapped, claim)
+        return _after_error(wrapped, claim, unsettled)
+
+
+def _check_lease(claim: Claim) -> None:
+    """Refuse to start a send that could outlive the lease: another worker may then take
+    the message over, ask the provider before this send lands, and send it again."""
+    left = (claim.lease_expires_at - outbox.utcnow()).total_seconds()
+    if left < get_settings().provider_timeout + LEASE_MARGIN_SECONDS:
+        raise ProviderError("internal_error", f"only {left:.0f}s of the lease left; not sent",
+                            provider=claim.provider)
+
+
+def _slot(adapter: ProviderAdapter, claim: Claim) -> AbstractContextManager[None]:
+    """The provider's per-mailbox concurrency limit, across every worker (if it has one)."""
+    limit = adapter.capabilities.max_concurrent_per_mailbox
+    if not limit:
+        return nullcontext()
+    account = credentials.cached(claim.from_address)
+    return limits.mailbox_slot(account.id, limit, provider=claim.provider)
 
 
 def _tokens(adapter: ProviderAdapter, claim: Claim) -> TokenSource | None:
@@ -107,21 +147,12 @@ def _tokens(adapter: ProviderAdapter, claim: Claim) -> TokenSource | None:
     return tokens.manager().source(creds, adapter.refresh)
 
 
-def _verify(adapter: ProviderAdapter, out: Outbound, tokens: TokenSource | None) -> Outcome | None:
-    if not adapter.capabilities.can_verify:
-        # Nothing to ask (SMTP): resend, and say so in the attempt row.
-        return None
-    found = adapter.find_sent(out, tokens)
-    if found is None:
-        return None
-    return Outcome(State.SENT, provider_message_id=found,
-                   note="the provider already had this Message-ID; not sent again")
-
-
-def _after_error(err: MailrelayError, claim: Claim) -> Outcome:
+def _after_error(err: MailrelayError, claim: Claim, unsettled: bool) -> Outcome:
     limits = RetryLimits.from_settings(get_settings())
     outcome = decide(err, attempt=claim.attempt_number, created_at=claim.created_at,
                      now=outbox.utcnow(), limits=limits)
+    if unsettled and not outcome.verify:
+        outcome = dataclasses.replace(outcome, verify=True)
     log.info("attempt %d ended %s (%s)", claim.attempt_number, outcome.state.value, err.code)
     return outcome
 

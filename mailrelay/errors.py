@@ -38,7 +38,8 @@ CODES: dict[str, ErrorCode] = _codes(
     # Returned by a provider and final.
     ErrorCode("invalid_recipient", False, "the provider refused a recipient"),
     ErrorCode("auth_revoked", False, "the account's grant is revoked; reconnect it"),
-    ErrorCode("invalid_credentials", False, "the OAuth client id or secret is wrong"),
+    ErrorCode("invalid_credentials", False,
+              "the account's credentials or server settings are wrong (OAuth client, SMTP login)"),
     ErrorCode("permission_denied", False, "the account may not send this message"),
     ErrorCode("provider_rejected", False, "the provider refused the message"),
     # Worth another try later.
@@ -48,6 +49,7 @@ CODES: dict[str, ErrorCode] = _codes(
     ErrorCode("network_error", True, "the connection to the provider failed"),
     ErrorCode("auth_expired", True, "the provider refused a freshly refreshed access token"),
     ErrorCode("database_unavailable", True, "the outbox database could not be reached"),
+    ErrorCode("redis_unavailable", True, "mailrelay's Redis could not be reached"),
     ErrorCode("rollout_gated", True, "the provider's rollout does not admit this message yet"),
     ErrorCode("internal_error", True, "mailrelay failed unexpectedly; the outcome is checked first"),
 )

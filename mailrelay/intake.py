@@ -80,6 +80,11 @@ def _check_capabilities(message: Message, provider: str) -> int:
     if size > caps.max_message_bytes:
         raise ValidationError("message_too_large",
                               f"{size} bytes; {provider} allows {caps.max_message_bytes}")
+    if caps.header_prefix:
+        prefix = caps.header_prefix.lower()
+        if any(not name.lower().startswith(prefix) for name, _ in message.headers):
+            raise ValidationError("invalid_header", f"{provider} sends only headers starting with "
+                                  f"{caps.header_prefix}", field="headers")
     if message.inline and not caps.inline_images:
         raise ValidationError("invalid_attachment", f"{provider} cannot send inline images",
                               field="inline")

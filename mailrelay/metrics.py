@@ -20,6 +20,8 @@ TASK_SECONDS = Histogram("mailrelay_task_seconds", "Time of one task run", ["que
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 TASK_RETRIES = Counter("mailrelay_task_retries_total",
                        "Tasks retried because a dependency of mailrelay failed", ["queue", "code"])
+RECONCILED = Counter("mailrelay_reconciled_total",
+                     "Messages the reconciler re-enqueued because no task would pick them up")
 LEASES_LOST = Counter("mailrelay_leases_lost_total",
                       "Attempts that ended after another worker took the message over",
                       ["provider"])

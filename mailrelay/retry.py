@@ -18,6 +18,9 @@ from mailrelay.store.outbox import Outcome
 from mailrelay.store.states import State
 
 MIN_WAIT_SECONDS = 1.0
+# After an attempt that may have reached the provider, wait at least this long before
+# asking it: a message accepted a moment ago may not be searchable yet.
+SETTLE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ def decide(err: MailrelayError, *, attempt: int, created_at: dt.datetime, now: d
         return Outcome(State.FAILED, code=err.code,
                        detail=f"{err} (gave up after {attempt} attempts)")
     wait = err.retry_after if err.retry_after is not None else backoff(attempt, limits, rng)
+    if sent_unknown:
+        wait = max(wait, SETTLE_SECONDS)
     at = now + dt.timedelta(seconds=max(wait, 0.0))
     if at > created_at + limits.max_age:
         return Outcome(State.FAILED, code=err.code,

@@ -65,9 +65,10 @@ class TokenManager:
         settings = get_settings()
         self.redis = client or get_redis()
         self.margin = settings.token_refresh_margin if margin is None else margin
-        # Longer than the token HTTP call, so that a live refresher never loses the lock.
-        self.lock_timeout = lock_timeout or settings.provider_timeout + 15
-        self.wait_timeout = wait_timeout or settings.provider_timeout + 20
+        # Longer than the whole refresh, so that a live refresher never loses the lock:
+        # google-auth tries the token endpoint up to three times on a 5xx.
+        self.lock_timeout = lock_timeout or 4 * settings.provider_timeout + 15
+        self.wait_timeout = wait_timeout or self.lock_timeout + 10
         # token, until (monotonic): saves the Redis read on most sends; see LOCAL_SECONDS.
         self._local: dict[int, tuple[str, float]] = {}
 
@@ -146,7 +147,10 @@ class TokenManager:
         from mailrelay.store import accounts
 
         # The row, not the cache: another process may have stored a rotated refresh token.
-        fresh = accounts.credentials(account.address)
+        try:
+            fresh = accounts.credentials(account.address)
+        except accounts.AccountNotFound:
+            raise ProviderError("unknown_account", "the account was removed") from None
         if fresh.state == "reauth_required":  # the tombstone was lost (Redis restarted)
             self.revoke(account.id)
             raise ProviderError("auth_revoked", "the account must be reconnected")

@@ -46,8 +46,8 @@ def _secret(value: str, env: str, what: str) -> str:
 @command.command("add")
 @click.argument("provider", type=click.Choice(providers.names()))
 @click.argument("address")
-@click.option("--client-id", help="OAuth client id (Gmail and Microsoft).")
-@click.option("--tenant", help="Entra ID tenant (Microsoft).")
+@click.option("--client-id", help="OAuth client id (Gmail, Microsoft); the login (SMTP).")
+@click.option("--tenant", help="Entra ID tenant (Microsoft); the server, e.g. smtp://host:587 (SMTP).")
 @click.option("--app-only", is_flag=True, help="Client credentials instead of a user's grant (Microsoft).")
 @click.option("--rate-limit", type=click.IntRange(1, 100_000), metavar="PER_MINUTE",
               help="Override the provider's documented sending rate for this mailbox.")
@@ -62,14 +62,17 @@ def add(provider: str, address: str, client_id: str | None, tenant: str | None, 
     from mailrelay.config import get_settings
 
     secret = refresh = None
-    if providers.adapter_class(provider).uses_oauth:
-        if not client_id:
-            raise Exit(f"{provider} accounts need --client-id", USAGE)
-        settings = get_settings()
+    adapter = providers.adapter_class(provider)
+    if adapter.uses_oauth and not client_id:
+        raise Exit(f"{provider} accounts need --client-id", USAGE)
+    settings = get_settings()
+    # A secret goes with a client id (an SMTP account without a login has neither).
+    if "client_secret" in adapter.account_secrets and client_id:
         secret = _secret(settings.client_secret, "MAILRELAY_CLIENT_SECRET", "client secret")
-        if not app_only:
-            refresh = _secret(settings.refresh_token, "MAILRELAY_REFRESH_TOKEN", "refresh token")
+    if "refresh_token" in adapter.account_secrets and not app_only:
+        refresh = _secret(settings.refresh_token, "MAILRELAY_REFRESH_TOKEN", "refresh token")
     try:
+        adapter().check_account(client_id=client_id, tenant=tenant, app_only=app_only)
         row = accounts.add(provider, address, client_id=client_id, tenant=tenant, app_only=app_only,
                            rate_limit_per_minute=rate_limit, client_secret=secret,
                            refresh_token=refresh)

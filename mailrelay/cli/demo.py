@@ -29,7 +29,10 @@ PIXEL_PNG = base64.b64encode(bytes.fromhex(
     "0000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")).decode()
 
 GMAIL_SENDER = "demo@gmail-demo.example"
+MS_SENDER = "demo@contoso-demo.example"
+SMTP_SENDER = "demo@smtp-demo.example"
 SINK_SENDER = "demo@sink-demo.example"
+MS_TENANT = "contoso-demo"
 CLIENT_ID = "mailrelay-demo.apps.example"
 # The emulator's OAuth client for the demo: known to the emulator only, guards nothing real.
 CLIENT_SECRET = "demo-client-secret"  # noqa: S105
@@ -75,6 +78,20 @@ def samples() -> list[Sample]:
                "unknown_account"),
         Sample("gmail: 429, retried after Retry-After", {**gmail, "text": "Retried."}, "sent",
                fault={"endpoint": "gmail.send", "status": 429, "count": 1, "retry_after": 2}),
+        Sample("microsoft: html, inline image, attachment", {
+            **gmail, "from": MS_SENDER, "subject": "From Microsoft 365", "text": "Hi.",
+            "html": '<p>Hi from <b>Graph</b>.</p><img src="cid:logo@demo">',
+            "headers": {"X-Demo": "graph"},
+            "inline": [{"filename": "logo.png", "content_type": "image/png", "content": PIXEL_PNG,
+                        "cid": "logo@demo"}],
+            "attachments": [{"filename": "notes.txt", "content_type": "text/plain",
+                             "content": base64.b64encode(b"meeting notes\n").decode()}]}, "sent"),
+        Sample("microsoft: 5 MB attachment (upload session)", {
+            **gmail, "from": MS_SENDER, "subject": "Large via Graph", "text": "Big file.",
+            "attachments": [{"filename": "big.bin", "content_type": "application/octet-stream",
+                             "content": big}]}, "sent"),
+        Sample("smtp: through a local SMTP server", {"from": SMTP_SENDER, "to": ["x@example.org"],
+                                                     "subject": "SMTP", "text": "Relayed."}, "sent"),
         Sample("sink: recorded in the database", {"from": SINK_SENDER, "to": ["x@example.org"],
                                                   "subject": "Sink", "text": "Recorded."}, "sent"),
     ]
@@ -125,7 +142,8 @@ def command(once: bool, workdir: Path) -> None:
         os.environ.update(_base_env(stack, workdir))
         url, bundle = stack.start_emulator()
         os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
-                          MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
+                          MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token",
+                          MAILRELAY_GRAPH_API_URL=f"{url}/v1.0", MAILRELAY_MS_AUTHORITY_HOST=url)
         ok = _run(stack, workdir, url, bundle, once)
     except StackError as err:
         raise Exit(str(err), UNAVAILABLE) from None
@@ -135,23 +153,29 @@ def command(once: bool, workdir: Path) -> None:
         raise Exit("some samples did not end as expected", FAILED)
 
 
-def _accounts(emulator: Any) -> None:
+def _accounts(emulator: Any, smtp_port: int) -> None:
     """Register the demo accounts; the emulator forgets grants between runs, so renew them."""
     from mailrelay.auth.credentials import forget
-    from mailrelay.auth.tokens import manager
     from mailrelay.store import accounts
 
     emulator.register_client(CLIENT_ID, CLIENT_SECRET)
-    refresh = emulator.grant(CLIENT_ID, GMAIL_SENDER)
-    existing = {a["address"] for a in accounts.list_all()}
+    emulator.ms_register_app(CLIENT_ID, CLIENT_SECRET, MS_TENANT)
+    grants = {GMAIL_SENDER: emulator.grant(CLIENT_ID, GMAIL_SENDER),
+              MS_SENDER: emulator.ms_grant(CLIENT_ID, MS_SENDER)}
+    existing = {a["address"]: a for a in accounts.list_all()}
+    for address, provider, tenant in ((GMAIL_SENDER, "gmail", None), (MS_SENDER, "microsoft", MS_TENANT)):
+        if address in existing:
+            accounts.replace_secrets(address, client_secret=CLIENT_SECRET, refresh_token=grants[address])
+        else:
+            accounts.add(provider, address, client_id=CLIENT_ID, tenant=tenant,
+                         client_secret=CLIENT_SECRET, refresh_token=grants[address])
+    server = f"smtp+insecure://127.0.0.1:{smtp_port}"
+    if SMTP_SENDER in existing:  # the local server's port changes from run to run
+        accounts.set_server(SMTP_SENDER, server)
+    else:
+        accounts.add("smtp", SMTP_SENDER, tenant=server)
     if SINK_SENDER not in existing:
         accounts.add("sink", SINK_SENDER)
-    if GMAIL_SENDER not in existing:
-        accounts.add("gmail", GMAIL_SENDER, client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                     refresh_token=refresh)
-    else:
-        manager().reinstate(accounts.replace_secrets(GMAIL_SENDER, client_secret=CLIENT_SECRET,
-                                                     refresh_token=refresh))
     forget()
 
 
@@ -164,7 +188,19 @@ def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool) -> bool:
     settings = get_settings()
     migrate.upgrade(settings.database_url)
     emulator = EmulatorClient(url, verify=bundle)
-    _accounts(emulator)
+    smtp = _smtp_server()
+    try:
+        return _serve(stack, workdir, url, bundle, once, emulator, smtp)
+    finally:
+        smtp.controller.stop()
+
+
+def _serve(stack: Any, workdir: Path, url: str, bundle: str, once: bool, emulator: Any,
+           smtp: _SmtpServer) -> bool:
+    from mailrelay.config import get_settings
+
+    settings = get_settings()
+    _accounts(emulator, smtp.port)
     stack.start_worker("all")
     stack.start("beat", [sys.executable, "-m", "mailrelay.cli", "beat", "--schedule-file",
                          str((workdir / "celerybeat-schedule").resolve())])
@@ -174,8 +210,9 @@ def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool) -> bool:
                f"workers, beat and Flower started; logs in {workdir}/")
     rows = _send_samples(emulator)
     table(rows, ["sample", "id", "state", "attempts", "error_code", "expected", "ok"], title="demo")
-    uploads = emulator.stats()["requests"].get("gmail.upload", 0)
-    ok = all(row["ok"] == "yes" for row in rows) and uploads >= 1
+    requests = emulator.stats()["requests"]
+    ok = (all(row["ok"] == "yes" for row in rows) and requests.get("gmail.upload", 0) >= 1
+          and requests.get("graph.upload_session", 0) >= 1 and smtp.received >= 1)
     user = settings.flower_auth.split(":", 1)[0]
     click.echo(f"inbox:  {url}/inbox   (the emulator's mailboxes; CA: {bundle})\n"
                f"flower: http://127.0.0.1:{settings.flower_port}   (user {user!r}, password in "
@@ -191,6 +228,32 @@ def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool) -> bool:
     except KeyboardInterrupt:
         click.echo("stopping")
     return ok
+
+
+class _SmtpServer:
+    """A local SMTP server for the SMTP sample (aiosmtpd, installed with the test extra)."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        from mailrelay.devstack import free_port
+
+        self.received = 0
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # aiosmtpd's hook name
+        self.received += 1
+        return "250 2.0.0 accepted by the demo server"
+
+
+def _smtp_server() -> _SmtpServer:
+    try:
+        return _SmtpServer()
+    except ImportError:
+        raise Exit("the demo's SMTP sample needs aiosmtpd: pip install 'mailrelay[test]'",
+                   UNAVAILABLE) from None
 
 
 def _interrupt(_signum: int, _frame: object) -> None:

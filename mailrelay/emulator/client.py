@@ -53,7 +53,8 @@ class EmulatorClient:
         return str(self._json("POST", "/_emulator/grants", body)["refresh_token"])
 
     def revoke(self, *, refresh_token: str | None = None, email: str | None = None) -> int:
-        """Revoke one refresh token, or every grant of ``email``; how many were revoked."""
+        """Revoke one refresh token, or every grant of ``email`` (Google's and
+        Microsoft's); how many were revoked."""
         body = {"refresh_token": refresh_token} if refresh_token is not None else {"email": email}
         return int(self._json("POST", "/_emulator/revoke", body)["revoked"])
 
@@ -64,6 +65,30 @@ class EmulatorClient:
 
     def set_token_ttl(self, seconds: int) -> None:
         self._json("POST", "/_emulator/settings", {"access_token_ttl": seconds})
+
+    def ms_register_app(self, client_id: str, client_secret: str, tenant: str, *,
+                        roles: list[str] | None = None, domains: list[str] | None = None) -> None:
+        """Register an Entra app (confidential client) in ``tenant``. ``roles`` are its
+        application permissions (default Mail.Send, Mail.ReadWrite, User.Read.All);
+        ``domains``, when given, limit app-only calls to mailboxes in those domains."""
+        body: dict[str, Any] = {"client_id": client_id, "client_secret": client_secret, "tenant": tenant}
+        if roles is not None:
+            body["roles"] = roles
+        if domains is not None:
+            body["domains"] = domains
+        self._json("POST", "/_emulator/ms/apps", body)
+
+    def ms_grant(self, client_id: str, email: str, scope: str | None = None) -> str:
+        """A new delegated refresh token for ``email`` through the Entra app ``client_id``;
+        ``scope`` (space-separated) limits what the user consented to."""
+        body = {"client_id": client_id, "email": email}
+        if scope is not None:
+            body["scope"] = scope
+        return str(self._json("POST", "/_emulator/ms/grants", body)["refresh_token"])
+
+    def set_ms_strict_rotation(self, on: bool) -> None:
+        """In strict rotation mode a Microsoft refresh token works once."""
+        self._json("POST", "/_emulator/settings", {"ms_strict_rotation": on})
 
     def inject(self, **rule: Any) -> int:
         """Add a fault rule (see faults.FaultRule for the fields); its id."""

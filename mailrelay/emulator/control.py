@@ -1,14 +1,16 @@
-"""The control API under /_emulator/: set up OAuth clients and grants, inject failures,
-read counters and the delivered messages. Tests and the demo drive the emulator here."""
+"""The control API under /_emulator/: set up OAuth clients and grants (Google's, and
+Microsoft's apps and grants under /_emulator/ms/), inject failures, read counters and
+the delivered messages. Tests and the demo drive the emulator here."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from mailrelay.emulator import mime
+from mailrelay.emulator import mime, summary
 from mailrelay.emulator.faults import RuleError, parse_rule
+from mailrelay.emulator.microsoft import DEFAULT_APP_ROLES
 from mailrelay.emulator.server import Request, Response, Route, json_response
-from mailrelay.emulator.state import State
+from mailrelay.emulator.state import MsApp, State
 
 _MESSAGE = r"/_emulator/api/messages/(?P<id>[0-9a-f]{1,32})"
 # A delivered part is whatever a sender attached: never let a browser run it in our
@@ -37,6 +39,16 @@ def _string(body: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def _strings(body: dict[str, Any], key: str) -> tuple[str, ...] | Response | None:
+    """An optional list of non-empty strings."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        return _problem(400, f"{key} must be a list of non-empty strings")
+    return tuple(value)
+
+
 def routes(state: State) -> list[Route]:
     def clients(request: Request) -> Response:
         body = _object(request)
@@ -61,6 +73,37 @@ def routes(state: State) -> list[Route]:
             return _problem(404, f"no client {client_id}; register it at /_emulator/clients")
         return json_response(200, {"refresh_token": token})
 
+    def ms_apps(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        client_id, secret = _string(body, "client_id"), _string(body, "client_secret")
+        tenant = _string(body, "tenant")
+        if client_id is None or secret is None or tenant is None:
+            return _problem(400, "client_id, client_secret and tenant are required strings")
+        roles, domains = _strings(body, "roles"), _strings(body, "domains")
+        if isinstance(roles, Response):
+            return roles
+        if isinstance(domains, Response):
+            return domains
+        state.ms_register_app(MsApp(client_id, secret, tenant, DEFAULT_APP_ROLES if roles is None else roles,
+                                    tuple(d.lower().lstrip("@") for d in domains or ())))
+        return json_response(200, {"client_id": client_id, "tenant": tenant})
+
+    def ms_grants(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        client_id, email = _string(body, "client_id"), _string(body, "email")
+        if client_id is None or email is None:
+            return _problem(400, "client_id and email are required strings")
+        scope = _string(body, "scope")
+        try:
+            token = state.ms_grant(client_id, email, None if scope is None else tuple(scope.split()))
+        except KeyError:
+            return _problem(404, f"no Microsoft app {client_id}; register it at /_emulator/ms/apps")
+        return json_response(200, {"refresh_token": token})
+
     def revoke(request: Request) -> Response:
         body = _object(request)
         if isinstance(body, Response):
@@ -81,11 +124,17 @@ def routes(state: State) -> list[Route]:
         if isinstance(body, Response):
             return body
         ttl = body.get("access_token_ttl")
+        strict = body.get("ms_strict_rotation")
+        if strict is not None and not isinstance(strict, bool):
+            return _problem(400, "ms_strict_rotation must be true or false")
         if ttl is not None:
             if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TOKEN_TTL:
                 return _problem(400, f"access_token_ttl must be an integer from 0 to {MAX_TOKEN_TTL}")
             state.set_access_token_ttl(ttl)
-        return json_response(200, {"access_token_ttl": state.access_token_ttl})
+        if strict is not None:
+            state.set_ms_strict_rotation(strict)
+        return json_response(200, {"access_token_ttl": state.access_token_ttl,
+                                   "ms_strict_rotation": state.ms_strict_rotation})
 
     def inject(request: Request) -> Response:
         body = _object(request)
@@ -115,13 +164,13 @@ def routes(state: State) -> list[Route]:
 
     def messages(request: Request) -> Response:
         found = state.received(request.arg("mailbox"))
-        return json_response(200, {"messages": [mime.summarize(m) for m in found]})
+        return json_response(200, {"messages": [summary.summarize(m) for m in found]})
 
     def message(request: Request) -> Response:
         stored = state.message(request.params["id"])
         if stored is None:
             return _problem(404, "no such message")
-        return json_response(200, mime.summarize(stored))
+        return json_response(200, summary.summarize(stored))
 
     def raw(request: Request) -> Response:
         stored = state.message(request.params["id"])
@@ -140,6 +189,8 @@ def routes(state: State) -> list[Route]:
     return [
         Route("POST", r"/_emulator/clients", "emulator.clients", clients),
         Route("POST", r"/_emulator/grants", "emulator.grants", grants),
+        Route("POST", r"/_emulator/ms/apps", "emulator.ms_apps", ms_apps),
+        Route("POST", r"/_emulator/ms/grants", "emulator.ms_grants", ms_grants),
         Route("POST", r"/_emulator/revoke", "emulator.revoke", revoke),
         Route("POST", r"/_emulator/expire", "emulator.expire", expire),
         Route("POST", r"/_emulator/settings", "emulator.settings", settings),

@@ -13,8 +13,14 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-# The send endpoints are the only ones with an effect to perform before a lost answer.
-DELIVERING_ENDPOINTS = frozenset({"gmail.send", "gmail.upload"})
+# The endpoints with an effect to perform before a lost answer: the sends, and on
+# Microsoft's side also the steps that build a draft and the token redemption (which
+# uses up the refresh token in strict rotation mode).
+DELIVERING_ENDPOINTS = frozenset({
+    "gmail.send", "gmail.upload",
+    "graph.sendmail", "graph.send_draft", "graph.create", "graph.attach",
+    "graph.upload_session", "graph.upload_chunk", "ms.token",
+})
 MAX_LATENCY_MS = 120_000
 
 

@@ -13,9 +13,9 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, unquote
 
-from mailrelay.emulator import mime
 from mailrelay.emulator.server import Request, Response, Route
 from mailrelay.emulator.state import State
+from mailrelay.emulator.summary import summarize
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; frame-src 'self'; "
@@ -67,7 +67,7 @@ def render(state: State, mailbox: str | None) -> str:
     title = f"Inbox of {mailbox}" if mailbox else "All inboxes"
     mailboxes = sorted({m.mailbox for m in state.received()})
     links = " ".join(f'<a href="/inbox/{quote(box, safe="@")}">{escape(box)}</a>' for box in mailboxes)
-    articles = "\n".join(_article(mime.summarize(m)) for m in messages)
+    articles = "\n".join(_article(summarize(m)) for m in messages)
     count = f"{len(messages)} message{'s' if len(messages) != 1 else ''}, newest first."
     return f"""<!doctype html>
 <html lang="en">
@@ -103,7 +103,9 @@ def _article(summary: dict[str, Any]) -> str:
     if summary["inline"]:
         sections.append("<h3>Inline parts</h3>" + _files(summary["inline"], with_cid=True))
     raw_link = f'/_emulator/api/messages/{summary["id"]}/raw'
-    meta = (f'<p class="meta">{escape(summary["structure"])} · {summary["size"]} bytes · received '
+    via = {"graph": "Microsoft Graph", "gmail": "Gmail"}.get(summary["provider"], summary["provider"])
+    meta = (f'<p class="meta">via {escape(via)} · {escape(summary["structure"])} · '
+            f'{summary["size"]} bytes · received '
             f'{escape(summary["received_at"])} · <a href="{raw_link}">raw</a></p>')
     subject = escape(summary["subject"] or "(no subject)")
     return (f'<article id="m-{summary["id"]}"><h2>{subject}</h2><dl>{headers}</dl>'

@@ -1,6 +1,6 @@
 """The HTTPS server: TLS per connection, routing, body limits, counting and logging.
 
-Provider modules (google.py, later microsoft.py), the control API and the inbox page
+Provider modules (google.py, microsoft.py), the control API and the inbox page
 only declare routes; everything about HTTP lives here, so that each provider is its
 wire format and nothing else.
 """
@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,7 +82,9 @@ Handler = Callable[[Request], Response]
 class Route:
     """One endpoint. Provider routes have ``identify`` (the mailbox a request acts for,
     for rules scoped to one mailbox) and ``fault`` (a fired rule in the provider's
-    error shape); only those routes are subject to failure injection."""
+    error shape); only those routes are subject to failure injection. ``admit`` wraps
+    the whole request, injected latency included: what it yields is an answer that
+    refuses the request (Graph's per-mailbox concurrency limit), or None to go on."""
 
     method: str
     pattern: str
@@ -89,6 +92,7 @@ class Route:
     handler: Handler
     identify: Callable[[Request], str | None] | None = None
     fault: Callable[[FaultRule, str], Response] | None = None
+    admit: Callable[[Request], AbstractContextManager[Response | None]] | None = None
 
     def match(self, path: str) -> dict[str, str] | None:
         found = re.fullmatch(self.pattern, path)
@@ -113,6 +117,14 @@ class Router:
 
 
 def handle(route: Route, request: Request, state: State) -> Response:
+    """Run a route with admission and failure injection around it."""
+    if route.admit is None:
+        return _inject(route, request, state)
+    with route.admit(request) as refusal:
+        return refusal if refusal is not None else _inject(route, request, state)
+
+
+def _inject(route: Route, request: Request, state: State) -> Response:
     """Run a route with failure injection around it."""
     if route.fault is None or route.identify is None:
         return route.handler(request)
@@ -385,14 +397,15 @@ def start(host: str = "127.0.0.1", port: int = 0, state_dir: str | Path | None =
     """Start the emulator in a background thread. Without ``state_dir`` a temporary one
     is made, and removed by ``stop()``. One line per request goes to ``log_stream``
     (default: stderr) unless ``quiet``."""
-    from mailrelay.emulator import control, google, inbox  # they import this module
+    from mailrelay.emulator import control, google, inbox, microsoft  # they import this module
 
     owns_dir = state_dir is None
     directory = Path(tempfile.mkdtemp(prefix="mailrelay-emulator-")) if owns_dir else Path(str(state_dir))
     try:
         files = tls.ensure_certificates(directory)
         state = State()
-        router = Router([*control.routes(state), *inbox.routes(state), *google.Google(state).routes()])
+        router = Router([*control.routes(state), *inbox.routes(state), *google.Google(state).routes(),
+                         *microsoft.Microsoft(state).routes()])
         server = _Server((host, port), files.server_context(), router, state, log_stream, quiet)
     except BaseException:
         if owns_dir:  # nobody else knows the temporary directory: do not leave it behind

@@ -10,18 +10,27 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
 from mailrelay.emulator.faults import FaultTable
+from mailrelay.emulator.graph_mail import Attachment, GraphMessage, new_attachment_id, new_id
 
 DEFAULT_ACCESS_TOKEN_TTL = 3600
 DEFAULT_SCOPE = "https://mail.google.com/"
+# Microsoft: requests one mailbox may have in flight at Graph, and how long an
+# attachment upload session lives.
+GRAPH_CONCURRENCY_LIMIT = 4
+UPLOAD_SESSION_TTL = 24 * 3600
+# Namespace for the stable object ids the emulator gives Entra users and tenants.
+_MS_IDS = uuid.UUID("6f1e3a52-4d0b-4c1e-9a57-6d1d3c0e9b11")
+_MS_PSEUDO_TENANTS = frozenset({"common", "organizations"})
 
 
 class Refusal(Enum):
@@ -61,6 +70,10 @@ class StoredMessage:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     # The parsed summary, made on first use: parsing a large message costs milliseconds.
     summary: dict[str, Any] | None = field(default=None, compare=False)
+    provider: str = "gmail"  # or "graph"
+    # Graph's JSON view of this copy (ids, internetMessageId, extended properties,
+    # attachment flags); None for Gmail.
+    graph: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,126 @@ class Delivery:
     recipients: tuple[str, ...]
     message_id: str
     thread_id: str | None = None
+    provider: str = "gmail"
+    keep_sent: bool = True  # Graph's saveToSentItems
+    sent_graph: dict[str, Any] | None = None  # the sender's copy as Graph shows it
+    received_graph: dict[str, Any] | None = None  # and the recipients'
+
+
+# --- Microsoft ----------------------------------------------------------------------
+
+
+class MsRefusal(Enum):
+    """Why Entra refused a refresh token."""
+
+    UNKNOWN_TOKEN = "unknown_token"  # noqa: S105 (never issued, or garbled)
+    REVOKED = "revoked"
+    REDEEMED = "redeemed"  # strict rotation: used once already
+    OTHER_CLIENT = "other_client"  # issued to another app
+    NOT_CONSENTED = "not_consented"  # a scope the user never consented to
+
+
+@dataclass(frozen=True)
+class MsApp:
+    client_id: str
+    secret: str
+    tenant: str
+    roles: tuple[str, ...]  # application permissions, for client-credentials tokens
+    domains: tuple[str, ...]  # the tenant's mail domains; empty: any mailbox is the tenant's
+
+
+@dataclass
+class MsGrant:
+    client_id: str
+    email: str
+    scopes: tuple[str, ...] | None  # consented (any case); None: whatever is asked
+    revoked: bool = False
+
+
+@dataclass
+class MsRefreshToken:
+    grant: MsGrant  # every token rotated from one grant shares it
+    used: bool = False
+
+
+@dataclass
+class MsAccessToken:
+    client_id: str
+    tenant: str
+    email: str | None  # None for an app-only (client credentials) token
+    audience: str  # the resource, e.g. https://graph.microsoft.com
+    scopes: tuple[str, ...]  # delegated scopes, or the app's roles
+    expires_at: float
+
+    @property
+    def app_only(self) -> bool:
+        return self.email is None
+
+    def expires_in(self) -> int:
+        return max(0, round(self.expires_at - time.time()))
+
+    def expired(self) -> bool:
+        return self.expires_at <= time.time()
+
+
+@dataclass
+class Draft:
+    id: str
+    mailbox: str
+    message: GraphMessage
+    internet_message_id: str
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def snapshot(self) -> Draft:
+        return replace(self, message=replace(self.message, attachments=list(self.message.attachments)))
+
+
+@dataclass
+class UploadSession:
+    id: str
+    authtoken: str
+    mailbox: str
+    draft_id: str
+    name: str
+    content_type: str
+    size: int
+    is_inline: bool
+    content_id: str | None
+    expires_at: float
+    received: bytearray = field(default_factory=bytearray, repr=False)
+    attachment_id: str | None = None  # set once the last byte is in
+
+
+@dataclass(frozen=True)
+class UploadStatus:
+    next_offset: int
+    size: int
+    expires_at: float
+    attachment_id: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.attachment_id is not None
+
+
+class Chunk(Enum):
+    """What became of one PUT to an upload URL."""
+
+    ACCEPTED = "accepted"
+    COMPLETED = "completed"
+    NO_SESSION = "no_session"  # unknown, expired, cancelled, or a wrong authtoken
+    TOO_LARGE = "too_large"
+    BAD_RANGE = "bad_range"  # Content-Range disagrees with the body or the session
+    OUT_OF_ORDER = "out_of_order"  # a gap or an overlap
+    DRAFT_GONE = "draft_gone"
+
+
+def ms_object_id(name: str) -> str:
+    """A stable GUID for a user or tenant; a GUID given as a tenant stays itself."""
+    try:
+        return str(uuid.UUID(name))
+    except ValueError:
+        return str(uuid.uuid5(_MS_IDS, name.lower()))
 
 
 def normalize_message_id(value: str) -> str:
@@ -97,12 +230,25 @@ class State:
         # would leave its counter below zero when it ends.
         self._active: Counter[str] = Counter()
 
+        self._ms_apps: dict[str, MsApp] = {}
+        self._ms_refresh: dict[str, MsRefreshToken] = {}
+        self._ms_access: dict[str, MsAccessToken] = {}
+        self._ms_users: dict[str, str] = {}  # object id -> email
+        self._ms_strict_rotation = False
+        self._graph_active: Counter[str] = Counter()  # per mailbox; kept across resets too
+
     def _clear_traffic(self) -> None:
         self._messages: dict[str, StoredMessage] = {}  # id -> message, in arrival order
         self._threads: dict[str, set[str]] = {}  # mailbox -> thread ids
         self._requests: Counter[str] = Counter()
         self._max_active: Counter[str] = Counter()
         self._history_id = 1000
+        self._drafts: dict[str, Draft] = {}
+        self._uploads: dict[str, UploadSession] = {}
+        self._max_chunk = 0
+        self._max_chunk_by_session: dict[str, int] = {}
+        self._graph_max_active: Counter[str] = Counter()
+        self._graph_throttled: Counter[str] = Counter()
 
     # --- OAuth ------------------------------------------------------------------------
 
@@ -120,8 +266,10 @@ class State:
             return token
 
     def revoke(self, *, refresh_token: str | None = None, email: str | None = None) -> int:
-        """Revoke one grant or every grant of a mailbox, with the access tokens minted
-        from them, as Google does; the number of grants revoked."""
+        """Revoke one grant or every grant of a mailbox; the number of grants revoked.
+        At Google the access tokens minted from them die too. Microsoft grants (one
+        refresh token names its grant, with every token rotated from it) lose their
+        refresh tokens only: Entra's access tokens live until they expire."""
         with self._lock:
             hit = [token for token, grant in self._grants.items()
                    if token == refresh_token or (email is not None and grant.email == email.lower())]
@@ -130,11 +278,19 @@ class State:
             for access, info in list(self._access.items()):
                 if info.refresh_token in hit:
                     del self._access[access]
-            return len(hit)
+            ms_hit = {id(rt.grant): rt.grant for token, rt in self._ms_refresh.items()
+                      if not rt.grant.revoked and (
+                          token == refresh_token or (email is not None and rt.grant.email == email.lower()))}
+            for grant in ms_hit.values():
+                grant.revoked = True
+            return len(hit) + len(ms_hit)
 
     def expire_tokens(self, email: str | None = None) -> int:
+        """Expire the access tokens of a mailbox, or all (Microsoft's app-only ones too)."""
         with self._lock:
-            hit = [t for t in self._access.values() if email is None or t.email == email.lower()]
+            hit: list[AccessToken | MsAccessToken] = [
+                t for t in self._access.values() if email is None or t.email == email.lower()]
+            hit += [t for t in self._ms_access.values() if email is None or t.email == email.lower()]
             for token in hit:
                 token.expires_at = 0.0
             return len(hit)
@@ -179,7 +335,8 @@ class State:
     # --- mail -------------------------------------------------------------------------
 
     def deliver(self, delivery: Delivery) -> StoredMessage:
-        """Store the sender's copy and one per recipient; the sender's copy is returned."""
+        """Store the sender's copy and one per recipient; the sender's copy is returned
+        (and not kept when ``keep_sent`` is off)."""
         with self._lock:
             sender = delivery.sender.lower()
             known = self._threads.setdefault(sender, set())
@@ -188,11 +345,16 @@ class State:
             thread_id = delivery.thread_id if delivery.thread_id in known else sent_id
             known.add(thread_id)
             sent = StoredMessage(sent_id, thread_id, sender, "sent", delivery.raw_sent,
-                                 delivery.message_id)
-            self._messages[sent.id] = sent
+                                 delivery.message_id, provider=delivery.provider,
+                                 graph=delivery.sent_graph)
+            if delivery.keep_sent:
+                self._messages[sent.id] = sent
             for recipient in delivery.recipients:
+                received_graph = None if delivery.received_graph is None else {
+                    **delivery.received_graph, "id": new_id()}
                 copy = StoredMessage(new_message_id(), new_message_id(), recipient.lower(), "inbox",
-                                     delivery.raw_received, delivery.message_id)
+                                     delivery.raw_received, delivery.message_id,
+                                     provider=delivery.provider, graph=received_graph)
                 self._threads.setdefault(copy.mailbox, set()).add(copy.thread_id)
                 self._messages[copy.id] = copy
             self._history_id += 1
@@ -228,6 +390,251 @@ class State:
                 "historyId": str(self._history_id),
             }
 
+    # --- Microsoft: Entra ID -------------------------------------------------------------
+
+    def ms_register_app(self, app: MsApp) -> None:
+        with self._lock:
+            self._ms_apps[app.client_id] = app
+
+    def ms_app(self, client_id: str) -> MsApp | None:
+        with self._lock:
+            return self._ms_apps.get(client_id)
+
+    def ms_tenant_known(self, tenant: str) -> bool:
+        """A tenant some registered app lives in (by name or GUID), or common/organizations."""
+        wanted = tenant.lower()
+        with self._lock:
+            return wanted in _MS_PSEUDO_TENANTS or any(
+                wanted in (app.tenant.lower(), ms_object_id(app.tenant)) for app in self._ms_apps.values())
+
+    @property
+    def ms_strict_rotation(self) -> bool:
+        with self._lock:
+            return self._ms_strict_rotation
+
+    def set_ms_strict_rotation(self, on: bool) -> None:
+        with self._lock:
+            self._ms_strict_rotation = on
+
+    def ms_grant(self, client_id: str, email: str, scopes: tuple[str, ...] | None = None) -> str:
+        """A refresh token for ``email`` through the app; KeyError if no such app."""
+        with self._lock:
+            if client_id not in self._ms_apps:
+                raise KeyError(client_id)
+            email = email.lower()
+            self._ms_users[ms_object_id(email)] = email
+            grant = MsGrant(client_id, email, None if scopes is None else tuple(scopes))
+            return self._new_ms_refresh(grant)
+
+    def _new_ms_refresh(self, grant: MsGrant) -> str:
+        token = "0.AXoA" + secrets.token_urlsafe(64)
+        self._ms_refresh[token] = MsRefreshToken(grant)
+        return token
+
+    def ms_redeem(
+        self, client_id: str, refresh_token: str, audience: str, scopes: tuple[str, ...] | None,
+        default_scopes: tuple[str, ...],
+    ) -> tuple[str, str, MsAccessToken] | MsRefusal:
+        """A new access token and a new refresh token for a refresh token; ``scopes``
+        None stands for ".default": everything consented (``default_scopes`` when the
+        grant was made without a list)."""
+        with self._lock:
+            held = self._ms_refresh.get(refresh_token)
+            if held is None:
+                return MsRefusal.UNKNOWN_TOKEN
+            grant = held.grant
+            if grant.revoked:
+                return MsRefusal.REVOKED
+            if grant.client_id != client_id:
+                return MsRefusal.OTHER_CLIENT
+            if held.used and self._ms_strict_rotation:
+                return MsRefusal.REDEEMED
+            if scopes is None:
+                granted = grant.scopes if grant.scopes is not None else default_scopes
+            elif grant.scopes is not None and not (
+                    {s.lower() for s in scopes} <= {s.lower() for s in grant.scopes}):
+                return MsRefusal.NOT_CONSENTED
+            else:
+                granted = scopes
+            held.used = True
+            app = self._ms_apps[client_id]
+            token = MsAccessToken(client_id, app.tenant, grant.email, audience, tuple(granted),
+                                  time.time() + self._ttl)
+            value = "EwBwA8l6" + secrets.token_urlsafe(96)
+            self._ms_access[value] = token
+            return value, self._new_ms_refresh(grant), token
+
+    def ms_app_token(self, client_id: str, audience: str) -> tuple[str, MsAccessToken]:
+        """A client-credentials token: the app itself, with its roles."""
+        with self._lock:
+            app = self._ms_apps[client_id]
+            token = MsAccessToken(client_id, app.tenant, None, audience, app.roles,
+                                  time.time() + self._ttl)
+            value = "EwBwA8l6" + secrets.token_urlsafe(96)
+            self._ms_access[value] = token
+            return value, token
+
+    def ms_authenticate(self, access_token: str) -> MsAccessToken | None:
+        """The token's record, expired or not (Graph says which); None when unknown."""
+        with self._lock:
+            token = self._ms_access.get(access_token)
+            return None if token is None else replace(token)
+
+    def ms_refresh_owner(self, refresh_token: str) -> str | None:
+        with self._lock:
+            held = self._ms_refresh.get(refresh_token)
+            return None if held is None else held.grant.email
+
+    def ms_user_id(self, email: str) -> str:
+        """The user's object id, remembered so /users/{id} finds the mailbox again."""
+        email = email.lower()
+        object_id = ms_object_id(email)
+        with self._lock:
+            self._ms_users[object_id] = email
+        return object_id
+
+    def ms_user(self, id_or_upn: str) -> str | None:
+        """The mailbox a /users/{id} segment names: a user principal name is itself, an
+        object id the user it was given to; None for an unknown id."""
+        if "@" in id_or_upn:
+            return id_or_upn.lower()
+        with self._lock:
+            return self._ms_users.get(id_or_upn.lower())
+
+    # --- Microsoft: Graph mail -------------------------------------------------------------
+
+    def graph_enter(self, mailbox: str, limit: int = GRAPH_CONCURRENCY_LIMIT) -> bool:
+        """Admit one more request for the mailbox, or count it throttled (False)."""
+        mailbox = mailbox.lower()
+        with self._lock:
+            if self._graph_active[mailbox] >= limit:
+                self._graph_throttled[mailbox] += 1
+                return False
+            self._graph_active[mailbox] += 1
+            self._graph_max_active[mailbox] = max(self._graph_max_active[mailbox],
+                                                  self._graph_active[mailbox])
+            return True
+
+    def graph_leave(self, mailbox: str) -> None:
+        with self._lock:
+            self._graph_active[mailbox.lower()] -= 1
+
+    def graph_sent_items(self, mailbox: str) -> list[dict[str, Any]]:
+        """Graph's view of the mailbox's Sent Items, newest first."""
+        with self._lock:
+            return [dict(m.graph) for m in reversed(self._messages.values())
+                    if m.folder == "sent" and m.mailbox == mailbox.lower() and m.graph is not None]
+
+    def save_draft(self, draft: Draft) -> None:
+        with self._lock:
+            self._drafts[draft.id] = draft.snapshot()
+
+    def draft(self, mailbox: str, draft_id: str) -> Draft | None:
+        with self._lock:
+            found = self._drafts.get(draft_id)
+            return None if found is None or found.mailbox != mailbox.lower() else found.snapshot()
+
+    def drafts(self, mailbox: str) -> list[Draft]:
+        with self._lock:
+            return [d.snapshot() for d in reversed(self._drafts.values()) if d.mailbox == mailbox.lower()]
+
+    def take_draft(self, mailbox: str, draft_id: str) -> Draft | None:
+        """Remove and return a draft (sending it); None if it is not there (any more)."""
+        with self._lock:
+            found = self._drafts.get(draft_id)
+            if found is None or found.mailbox != mailbox.lower():
+                return None
+            del self._drafts[draft_id]
+            return found
+
+    def add_attachment(self, mailbox: str, draft_id: str, attachment: Attachment) -> bool:
+        with self._lock:
+            found = self._drafts.get(draft_id)
+            if found is None or found.mailbox != mailbox.lower():
+                return False
+            found.message.attachments.append(attachment)
+            return True
+
+    def open_upload(self, mailbox: str, draft_id: str, name: str, content_type: str, size: int,
+                    is_inline: bool, content_id: str | None) -> UploadSession | None:
+        """A new upload session for an attachment of the draft; None if no such draft."""
+        with self._lock:
+            found = self._drafts.get(draft_id)
+            if found is None or found.mailbox != mailbox.lower():
+                return None
+            session = UploadSession(
+                id=secrets.token_urlsafe(24), authtoken=secrets.token_urlsafe(32),
+                mailbox=mailbox.lower(), draft_id=draft_id, name=name, content_type=content_type,
+                size=size, is_inline=is_inline, content_id=content_id,
+                expires_at=time.time() + UPLOAD_SESSION_TTL)
+            self._uploads[session.id] = session
+            return replace(session, received=bytearray())
+
+    def upload_owner(self, session_id: str) -> str | None:
+        with self._lock:
+            session = self._uploads.get(session_id)
+            return None if session is None else session.mailbox
+
+    def _live_upload(self, session_id: str, authtoken: str) -> UploadSession | None:
+        session = self._uploads.get(session_id)
+        if session is None or not secrets.compare_digest(session.authtoken, authtoken):
+            return None
+        if session.expires_at <= time.time():
+            del self._uploads[session_id]
+            return None
+        return session
+
+    @staticmethod
+    def _status(session: UploadSession) -> UploadStatus:
+        received = session.size if session.attachment_id is not None else len(session.received)
+        return UploadStatus(received, session.size, session.expires_at, session.attachment_id)
+
+    def upload_status(self, session_id: str, authtoken: str) -> UploadStatus | None:
+        with self._lock:
+            session = self._live_upload(session_id, authtoken)
+            return None if session is None else self._status(session)
+
+    def cancel_upload(self, session_id: str, authtoken: str) -> bool:
+        with self._lock:
+            if self._live_upload(session_id, authtoken) is None:
+                return False
+            del self._uploads[session_id]
+            return True
+
+    def upload_chunk(self, session_id: str, authtoken: str, first: int, last: int, total: int,
+                     data: bytes, chunk_limit: int) -> tuple[Chunk, UploadStatus | None]:
+        """Take the bytes ``first``..``last`` (inclusive) of the upload. Every chunk that
+        reaches a live session counts for the largest-chunk statistics, refused or not."""
+        with self._lock:
+            session = self._live_upload(session_id, authtoken)
+            if session is None:
+                return Chunk.NO_SESSION, None
+            self._max_chunk = max(self._max_chunk, len(data))
+            self._max_chunk_by_session[session_id] = max(
+                self._max_chunk_by_session.get(session_id, 0), len(data))
+            if len(data) > chunk_limit:
+                return Chunk.TOO_LARGE, self._status(session)
+            if total != session.size or last - first + 1 != len(data) or not data:
+                return Chunk.BAD_RANGE, self._status(session)
+            if session.attachment_id is not None or first != len(session.received):
+                return Chunk.OUT_OF_ORDER, self._status(session)
+            if last >= session.size:
+                return Chunk.BAD_RANGE, self._status(session)
+            draft = self._drafts.get(session.draft_id)
+            if draft is None:
+                return Chunk.DRAFT_GONE, self._status(session)
+            session.received += data
+            if len(session.received) < session.size:
+                return Chunk.ACCEPTED, self._status(session)
+            attachment = Attachment(
+                id=new_attachment_id(), name=session.name,
+                content_type=session.content_type, data=bytes(session.received),
+                is_inline=session.is_inline, content_id=session.content_id)
+            draft.message.attachments.append(attachment)
+            session.attachment_id = attachment.id
+            session.received = bytearray()  # the bytes live on in the draft
+            return Chunk.COMPLETED, self._status(session)
+
     # --- traffic ----------------------------------------------------------------------
 
     @contextmanager
@@ -247,11 +654,20 @@ class State:
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            return {"requests": dict(self._requests), "max_concurrency": dict(self._max_active)}
+            return {
+                "requests": dict(self._requests),
+                "max_concurrency": dict(self._max_active),
+                # Graph: the most requests a mailbox had admitted at once, the ones
+                # refused for going over the limit, and the largest upload chunk seen.
+                "max_concurrency_by_mailbox": dict(self._graph_max_active),
+                "throttled_by_mailbox": dict(self._graph_throttled),
+                "max_chunk_bytes": self._max_chunk,
+                "max_chunk_bytes_by_session": dict(self._max_chunk_by_session),
+            }
 
     def reset(self, *, everything: bool = False) -> None:
-        """Forget faults, counters and messages; with ``everything`` also clients,
-        grants, tokens and settings."""
+        """Forget faults, counters, messages, drafts and upload sessions; with
+        ``everything`` also clients, apps, grants, tokens and settings."""
         self.faults.clear()
         with self._lock:
             self._clear_traffic()
@@ -260,3 +676,8 @@ class State:
                 self._grants.clear()
                 self._access.clear()
                 self._ttl = DEFAULT_ACCESS_TOKEN_TTL
+                self._ms_apps.clear()
+                self._ms_refresh.clear()
+                self._ms_access.clear()
+                self._ms_users.clear()
+                self._ms_strict_rotation = False

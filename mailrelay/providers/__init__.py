@@ -15,7 +15,9 @@ from mailrelay.providers.base import Capabilities, ProviderAdapter
 
 REGISTRY: dict[str, str] = {
     "gmail": "mailrelay.providers.gmail:GmailAdapter",
+    "microsoft": "mailrelay.providers.microsoft:MicrosoftAdapter",
     "sink": "mailrelay.providers.sink:SinkAdapter",
+    "smtp": "mailrelay.providers.smtp:SmtpAdapter",
 }
 
 QUEUE_PREFIX = "mailrelay."

@@ -32,6 +32,10 @@ class Capabilities:
     can_verify: bool
     # Largest request the simple send path takes; larger messages use large_message_path.
     simple_request_bytes: int | None = None
+    # Requests one mailbox may have in flight across every worker (a Redis semaphore).
+    max_concurrent_per_mailbox: int | None = None
+    # Only producer headers starting with this prefix can be sent (Graph: "X-").
+    header_prefix: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,11 @@ class ProviderAdapter:
     capabilities: ClassVar[Capabilities]
     # OAuth providers get a TokenSource for each send and implement ``refresh``.
     uses_oauth: ClassVar[bool] = False
+    # Which secrets `accounts add` asks for: "client_secret", "refresh_token".
+    account_secrets: ClassVar[tuple[str, ...]] = ()
+
+    def check_account(self, *, client_id: str | None, tenant: str | None, app_only: bool) -> None:
+        """Refuse account settings this provider cannot use (ValidationError); default: any."""
 
     def send(self, out: Outbound, tokens: TokenSource | None = None) -> SendResult:
         """Send once. Raises ProviderError only; ``sent_unknown`` says the send may have happened."""

@@ -112,7 +112,9 @@ class GmailAdapter(HttpAdapter):
 
         def lookup(token: str) -> requests.Response:
             return self.call("GET", f"{self.base}/gmail/v1/users/me/messages", token=token,
-                             sends=False, params={"q": query, "maxResults": 1})
+                             sends=False, params={"q": query, "maxResults": 1,
+                                                 # a sent copy moved to Trash still counts
+                                                 "includeSpamTrash": "true"})
 
         found = self.with_token(tokens, lookup).json().get("messages") or []
         return str(found[0]["id"]) if found else None
@@ -142,7 +144,7 @@ class GmailAdapter(HttpAdapter):
             lowered = message.lower()
             return fail("invalid_recipient" if any(h in lowered for h in RECIPIENT_HINTS)
                         else "provider_rejected")
-        if status >= 500:
+        if status >= 500 or status == 408:
             return fail("provider_unavailable")
         return fail("provider_rejected")
 

@@ -27,6 +27,7 @@ class AuthRejected(Exception):
 
 class HttpAdapter(ProviderAdapter):
     uses_oauth = True
+    account_secrets = ("client_secret", "refresh_token")
 
     def __init__(self) -> None:
         # One session per adapter instance, and the registry keeps one instance per
@@ -78,7 +79,10 @@ class HttpAdapter(ProviderAdapter):
         if response.status_code == 401:
             raise AuthRejected()
         if response.status_code >= 400:
-            raise self.error_for(response)
+            failure = self.error_for(response)
+            # A 5xx can come from a front end after the provider took the message.
+            failure.sent_unknown = sends and response.status_code >= 500
+            raise failure
         return response
 
     def error_for(self, response: requests.Response) -> ProviderError:

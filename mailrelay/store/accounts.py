@@ -52,10 +52,21 @@ def add(provider: str, address: str, *, client_id: str | None = None, tenant: st
            "refresh_token_enc": crypto.encrypt(refresh_token) if refresh_token else None}
     try:
         with db_errors(), get_engine().begin() as conn:
-            conn.execute(insert(accounts).values(row))
+            inserted = conn.execute(insert(accounts).values(row)).inserted_primary_key
+            account_id = inserted[0] if inserted else 0
     except IntegrityError:
         raise AccountExists(f"an account for {row['address']!s} exists already") from None
+    _forget_tokens(int(account_id))  # SQLite reuses ids: never inherit another's token
     return public(row)
+
+
+def _forget_tokens(account_id: int) -> None:
+    """Drop the cached access token and any revocation tombstone of this account id."""
+    from mailrelay.auth.credentials import forget
+    from mailrelay.auth.tokens import manager
+
+    manager().reinstate(account_id)
+    forget()
 
 
 def credentials(address: str) -> Credentials:
@@ -99,7 +110,15 @@ def replace_secrets(address: str, *, client_secret: str | None, refresh_token: s
             client_secret_enc=crypto.encrypt(client_secret) if client_secret else None,
             refresh_token_enc=crypto.encrypt(refresh_token) if refresh_token else None,
             state="active", updated_at=utcnow()))
+    _forget_tokens(int(found))  # a reconnect lifts the revocation tombstone
     return int(found)
+
+
+def set_server(address: str, server: str) -> None:
+    """Point an account at another server (SMTP accounts keep it in ``tenant``)."""
+    with db_errors(), get_engine().begin() as conn:
+        conn.execute(update(accounts).where(accounts.c.address == address.lower())
+                     .values(tenant=server, updated_at=utcnow()))
 
 
 def record_refresh(account_id: int, at: dt.datetime | None = None) -> None:
@@ -118,13 +137,17 @@ def remove(address: str, *, force: bool = False) -> str:
                             .where(MESSAGES.c.account_id == row.id)).scalar()
         if not used:
             conn.execute(delete(accounts).where(accounts.c.id == row.id))
-            return "removed"
-        if not force:
+            done = "removed"
+        elif not force:
             raise AccountExists(f"{address} has {used} messages; --force disables it and erases "
                                 "its secrets, keeping the history")
-        conn.execute(update(accounts).where(accounts.c.id == row.id).values(
-            state="disabled", client_secret_enc=None, refresh_token_enc=None, updated_at=utcnow()))
-        return "disabled"
+        else:
+            conn.execute(update(accounts).where(accounts.c.id == row.id).values(
+                state="disabled", client_secret_enc=None, refresh_token_enc=None,
+                updated_at=utcnow()))
+            done = "disabled"
+    _forget_tokens(row.id)
+    return done
 
 
 def rotate_key() -> int:

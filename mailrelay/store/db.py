@@ -33,7 +33,8 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
 
 def make_engine(url: str, pool_size: int = 2) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # hide_parameters: a database error's text must not carry a message's content.
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _on_sqlite_connect)
         return engine
     engine = create_engine(
@@ -44,6 +45,7 @@ def make_engine(url: str, pool_size: int = 2) -> Engine:
         # connection surfaces as OperationalError, which retries the task instead.
         pool_pre_ping=False,
         pool_recycle=1800,
+        hide_parameters=True,
         connect_args={"connect_timeout": 10, "application_name": "mailrelay"},
     )
     return engine

@@ -60,9 +60,15 @@ class MailrelayTask(Task):  # type: ignore[misc]
                 TASK_RETRIES.labels(queue=queue, code=err.code).inc()
                 countdown = random.uniform(0, min(INFRA_RETRY_CAP, 2.0 ** self.request.retries))  # noqa: S311
                 log.warning("%s; task retried in %.1fs", err, countdown)
-                raise self.retry(exc=err, countdown=countdown) from err
+                # The re-published task gets ids-only reprs too (events are built from them).
+                raise self.retry(exc=err, countdown=countdown, argsrepr="()",
+                                 kwargsrepr=self.redacted_kwargs(kwargs)) from err
             finally:
                 TASK_SECONDS.labels(queue=queue).observe(time.perf_counter() - started)
+
+    def redacted_kwargs(self, kwargs: dict[str, Any]) -> str:
+        """What logs and events may show of a call: ids, never a message."""
+        return repr({k: (v if k == "message_id" else "<redacted>") for k, v in kwargs.items()})
 
     @property
     def worker_name(self) -> str:

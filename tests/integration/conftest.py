@@ -62,7 +62,8 @@ def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emula
     assert {"emulator", "bundle"} <= set(found), f"emulator did not start: {found}"
     url, bundle = found["emulator"], found["bundle"]
     os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
-                      MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
+                      MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token",
+                      MAILRELAY_GRAPH_API_URL=f"{url}/v1.0", MAILRELAY_MS_AUTHORITY_HOST=url)
     get_settings.cache_clear()
     yield EmulatorHandle(url, bundle, EmulatorClient(url, verify=bundle))
     os.killpg(process.pid, signal.SIGTERM)
@@ -86,5 +87,23 @@ def gmail_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, s
     refresh = emulator.client.grant("mailrelay-client", address)
     accounts.add("gmail", address, client_id="mailrelay-client", client_secret="client-secret",
                  refresh_token=refresh)
+    forget()
+    return address
+
+
+MS_TENANT = "contoso-tenant"
+
+
+@pytest.fixture
+def ms_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, secret_key: str) -> str:
+    """A delegated Microsoft 365 account (refresh token through MSAL)."""
+    from mailrelay.auth.credentials import forget
+    from mailrelay.store import accounts
+
+    address = "sender@contoso.example"
+    emulator.client.ms_register_app("ms-client", "ms-secret", MS_TENANT)
+    refresh = emulator.client.ms_grant("ms-client", address)
+    accounts.add("microsoft", address, client_id="ms-client", tenant=MS_TENANT,
+                 client_secret="ms-secret", refresh_token=refresh)
     forget()
     return address

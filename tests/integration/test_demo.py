@@ -21,7 +21,7 @@ def test_demo_once_passes_and_leaves_no_process(tmp_path: Path, clean_redis: Non
                          text=True, timeout=240, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "sqlite:///" in out.stdout
-    assert out.stdout.count(" yes ") == 8 and " NO " not in out.stdout
+    assert out.stdout.count(" yes ") == 11 and " NO " not in out.stdout
     assert "/inbox" in out.stdout and "flower:" in out.stdout
     assert (tmp_path / "demo" / "mailrelay.db").exists()
     assert _processes_in(tmp_path / "demo") == []

@@ -47,7 +47,7 @@ def test_visibility_timeout_must_cover_lease_and_countdown() -> None:
 
 
 def test_lease_must_outlast_provider_timeout() -> None:
-    with pytest.raises(ConfigError, match="MAILRELAY_LEASE_SECONDS must exceed"):
+    with pytest.raises(ConfigError, match="MAILRELAY_LEASE_SECONDS must exceed"):  # by 10 s
         config.load({"MAILRELAY_LEASE_SECONDS": "20", "MAILRELAY_PROVIDER_TIMEOUT": "30"})
 
 
@@ -55,3 +55,11 @@ def test_every_setting_is_described() -> None:
     rows = config.describe()
     assert {row["variable"] for row in rows} == {s.env for s in config.TABLE}
     assert all(row["meaning"] for row in rows)
+
+
+def test_passwords_in_urls_never_show() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load({"MAILRELAY_DATABASE_URL": "postgres://app:S3cretPw@db/mailrelay"})
+    assert "S3cretPw" not in str(err.value) and "app:***@db" in str(err.value)
+    settings = config.load({"MAILRELAY_REDIS_URL": "redis://:hunter2@cache:6379/2"})
+    assert "hunter2" not in repr(settings) and "redis://:***@cache:6379/2" in repr(settings)

@@ -104,3 +104,15 @@ def test_genkey_prints_a_usable_key() -> None:
     code, out = run("accounts", "genkey")
     assert code == 0
     Fernet(out.strip().encode())
+
+
+def test_smtp_accounts_take_the_server_and_an_optional_login(env: dict[str, str]) -> None:
+    code, out = run("accounts", "add", "smtp", "relay@example.com", "--tenant", "smtp://mail.example.com:587",
+                    "--client-id", "relay-user", env=env)
+    assert code == 0, out
+    creds = accounts.credentials("relay@example.com")
+    assert (creds.client_id, creds.client_secret, creds.refresh_token) == ("relay-user", SECRET, None)
+    code, out = run("accounts", "add", "smtp", "open@example.com", "--tenant", "smtp+insecure://127.0.0.1:25")
+    assert code == 0 and accounts.credentials("open@example.com").client_secret is None
+    code, out = run("accounts", "add", "smtp", "bad@example.com")
+    assert code == 1 and "--tenant must be the server" in out

@@ -1,0 +1,100 @@
+"""The delivery sequence's exactly-once rules, with a provider that fails where we say."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import pytest
+from sqlalchemy import update
+
+from mailrelay import providers
+from mailrelay.delivery import deliver
+from mailrelay.errors import ProviderError
+from mailrelay.message import validate
+from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
+from mailrelay.store import accounts, outbox
+from mailrelay.store.db import get_engine
+from mailrelay.store.models import MESSAGES
+
+
+class Scripted(ProviderAdapter):
+    """A provider edge that plays a script: what find_sent and send do, call by call."""
+
+    name = "sink"
+    capabilities = Capabilities(max_recipients=10, max_message_bytes=10**6, inline_images=True,
+                                large_message_path=None, sends_per_minute=None, can_verify=True)
+    lookups: ClassVar[list[Any]] = []
+    sends: ClassVar[list[Any]] = []
+    sent: ClassVar[list[str]] = []
+
+    def find_sent(self, out: Outbound, tokens: TokenSource | None = None) -> str | None:
+        step = self.lookups.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        return step  # type: ignore[no-any-return]
+
+    def send(self, out: Outbound, tokens: TokenSource | None = None) -> SendResult:
+        step = self.sends.pop(0)
+        self.sent.append(out.rfc822_message_id)
+        if isinstance(step, Exception):
+            raise step
+        return SendResult(provider_message_id=step)
+
+
+@pytest.fixture
+def scripted(clean_db: None, clean_redis: None, monkeypatch: pytest.MonkeyPatch) -> type[Scripted]:
+    monkeypatch.setitem(providers.REGISTRY, "sink", "tests.unit.test_delivery:Scripted")
+    providers._instances.clear()
+    Scripted.lookups, Scripted.sends, Scripted.sent = [], [], []
+    yield Scripted
+    providers._instances.clear()
+
+
+def _message() -> str:
+    accounts.add("sink", "s@example.com")
+    ref = outbox.find_account("s@example.com")
+    assert ref is not None
+    return outbox.accept(validate({"from": "s@example.com", "to": ["r@example.org"], "text": "t"}),
+                         ref, request_id=None, actor="t", size_bytes=1).message_id
+
+
+def _due(mid: str) -> None:
+    with get_engine().begin() as conn:
+        conn.execute(update(MESSAGES).where(MESSAGES.c.id == mid).values(next_attempt_at=None))
+
+
+def test_an_unanswered_check_keeps_the_next_attempt_checking(scripted: type[Scripted]) -> None:
+    mid = _message()
+    scripted.sends = [ProviderError("provider_timeout", sent_unknown=True)]
+    assert deliver(mid, worker="w").state == "retrying"  # maybe sent
+    _due(mid)
+    scripted.lookups = [ProviderError("rate_limited")]  # the check itself fails
+    assert deliver(mid, worker="w").state == "retrying"
+    _due(mid)
+    scripted.lookups = ["found-it"]  # the third attempt must still ask, and not send
+    assert deliver(mid, worker="w").state == "sent"
+    assert len(scripted.sent) == 1
+    info = outbox.status(mid)
+    assert info is not None and info["provider_message_id"] == "found-it"
+
+
+def test_a_failure_after_an_unknown_outcome_stays_marked(scripted: type[Scripted]) -> None:
+    mid = _message()
+    scripted.sends = [ProviderError("provider_timeout", sent_unknown=True)]
+    deliver(mid, worker="w")
+    _due(mid)
+    scripted.lookups = [ProviderError("auth_revoked")]
+    assert deliver(mid, worker="w").state == "failed"
+    with get_engine().connect() as conn:
+        flag = conn.execute(MESSAGES.select().where(MESSAGES.c.id == mid)).one().verify_before_send
+    assert flag is True  # a replay must ask the provider before sending
+
+
+def test_a_5xx_on_send_is_checked_before_the_resend(scripted: type[Scripted]) -> None:
+    mid = _message()
+    scripted.sends = [ProviderError("provider_unavailable", status=503, sent_unknown=True), "id-2"]
+    deliver(mid, worker="w")
+    _due(mid)
+    scripted.lookups = [None]
+    assert deliver(mid, worker="w").state == "sent"
+    assert len(scripted.sent) == 2  # asked, not found, sent once more
