@@ -140,3 +140,19 @@ def test_a_worker_killed_right_after_a_refresh_keeps_the_rotated_token(
     assert (info["state"], info["error_code"]) == ("sent", None)
     assert emulator.client.stats()["requests"].get("ms.token") == 1  # refreshed with the new one
     assert accounts.credentials(ms_account).state == "active"
+
+
+def test_a_failed_chunk_is_resumed_not_restarted(
+        emulator: EmulatorHandle, ms_account: str, start_worker: Callable[..., Worker]) -> None:
+    start_worker("mailrelay.microsoft", concurrency=1)
+    emulator.client.inject(endpoint="graph.upload_chunk", status=503, count=1)
+    big = os.urandom(10 * 1024 * 1024)
+    files = [{"filename": "big.bin", "content_type": "application/octet-stream", "content": b64(big)}]
+    info = final(submit(message(ms_account, attachments=files)).message_id, timeout=120)
+    assert info["state"] == "sent" and len(info["attempts"]) == 1
+    requests = emulator.client.stats()["requests"]
+    assert requests.get("graph.create") == 1 and requests.get("graph.upload_session") == 1
+    chunks = -(-len(big) // (10 * 320 * 1024))
+    assert requests.get("graph.upload_chunk") == chunks + 1  # only the failed one again
+    got = emulator.client.messages(mailbox="ada@example.org")
+    assert got[0]["attachments"][0]["sha256"] == hashlib.sha256(big).hexdigest()
