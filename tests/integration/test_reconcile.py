@@ -45,8 +45,10 @@ def test_messages_whose_tasks_redis_lost_are_sent_once(
     assert scalar("SELECT count(*) FROM sink_deliveries") == 30
     assert reconcile(enqueue_delivery, now=later()) == 0  # nothing left
     for mid in ids:
+        # The worker may claim before the reconciler writes its own row: order is not fixed.
         actions = [h["action"] for h in (outbox.status(mid) or {})["history"]]
-        assert actions == ["intake", "reconcile", "claim", "finish"]
+        assert sorted(actions) == ["claim", "finish", "intake", "reconcile"]
+        assert actions.index("intake") < actions.index("claim") < actions.index("finish")
 
 
 def test_a_retry_parked_beyond_the_countdown_bound_is_picked_up(
