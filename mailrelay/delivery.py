@@ -18,17 +18,17 @@ from dataclasses import dataclass
 import redis
 
 from mailrelay import limits, providers
-from mailrelay.auth import credentials, tokens
-from mailrelay.auth.crypto import SecretUnreadable
+from mailrelay.auth import credentials
+from mailrelay.auth.credentials import Credentials
+from mailrelay.auth.tokens import manager as token_manager
 from mailrelay.config import get_settings
 from mailrelay.errors import MailrelayError, ProviderError, TransientInfraError, ValidationError
 from mailrelay.logctx import get_logger
 from mailrelay.message import validate
 from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST
-from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource
+from mailrelay.providers.base import Outbound, ProviderAdapter
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
-from mailrelay.store.accounts import AccountNotFound
 from mailrelay.store.outbox import Claim, Outcome
 from mailrelay.store.states import State
 
@@ -83,8 +83,10 @@ def _attempt(claim: Claim) -> Outcome:
     try:
         adapter = providers.get(claim.provider)
         out = _outbound(claim)
-        tokens = _tokens(adapter, claim)
-        with _slot(adapter, claim):
+        account = _account(adapter, claim)
+        tokens = (token_manager().source(account, adapter.refresh)
+                  if adapter.uses_oauth and account else None)
+        with _slot(adapter, account):
             if unsettled:
                 if adapter.capabilities.can_verify:
                     found = adapter.find_sent(out, tokens)
@@ -121,30 +123,20 @@ def _check_lease(claim: Claim) -> None:
                             provider=claim.provider)
 
 
-def _slot(adapter: ProviderAdapter, claim: Claim) -> AbstractContextManager[None]:
+def _account(adapter: ProviderAdapter, claim: Claim) -> Credentials | None:
+    """The sending account, looked up once, for the adapters that act on it (OAuth tokens,
+    per-mailbox limits); refused at once when it cannot send."""
+    if not (adapter.uses_oauth or adapter.capabilities.max_concurrent_per_mailbox):
+        return None
+    return credentials.sendable(claim.from_address, claim.provider)
+
+
+def _slot(adapter: ProviderAdapter, account: Credentials | None) -> AbstractContextManager[None]:
     """The provider's per-mailbox concurrency limit, across every worker (if it has one)."""
     limit = adapter.capabilities.max_concurrent_per_mailbox
-    if not limit:
+    if not limit or account is None:
         return nullcontext()
-    account = credentials.cached(claim.from_address)
-    return limits.mailbox_slot(account.id, limit, provider=claim.provider)
-
-
-def _tokens(adapter: ProviderAdapter, claim: Claim) -> TokenSource | None:
-    """The account's token source for OAuth providers; refuses accounts that cannot send."""
-    if not adapter.uses_oauth:
-        return None
-    try:
-        creds = credentials.cached(claim.from_address)
-    except AccountNotFound:
-        raise ProviderError("unknown_account", "the account was removed", provider=claim.provider) from None
-    except SecretUnreadable as err:
-        raise ProviderError("invalid_credentials", str(err), provider=claim.provider) from None
-    if creds.state == "disabled":
-        raise ProviderError("account_disabled", "the account is disabled", provider=claim.provider)
-    if creds.state == "reauth_required":
-        raise ProviderError("auth_revoked", "the account must be reconnected", provider=claim.provider)
-    return tokens.manager().source(creds, adapter.refresh)
+    return limits.mailbox_slot(account.id, limit, provider=adapter.name)
 
 
 def _after_error(err: MailrelayError, claim: Claim, unsettled: bool) -> Outcome:

@@ -13,8 +13,32 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
+
+
+def emulator_env(url: str, bundle: str) -> dict[str, str]:
+    """The settings that send mailrelay to the emulator instead of Google and Microsoft."""
+    return {"REQUESTS_CA_BUNDLE": bundle, "MAILRELAY_GMAIL_API_URL": url,
+            "MAILRELAY_GOOGLE_TOKEN_URL": f"{url}/token",
+            "MAILRELAY_GRAPH_API_URL": f"{url}/v1.0", "MAILRELAY_MS_AUTHORITY_HOST": url}
+
+
+def emulator_account(emulator: Any, provider: str, address: str, *, client_id: str,
+                     client_secret: str, tenant: str | None = None) -> None:
+    """Register ``address`` with a fresh grant from the emulator, which forgets grants when
+    it restarts: a new account, or new secrets for an existing one."""
+    from mailrelay.auth.credentials import forget
+    from mailrelay.store import accounts
+
+    refresh = emulator.connect(provider, client_id, client_secret, address, tenant)
+    if address in {a["address"] for a in accounts.list_all()}:
+        accounts.replace_secrets(address, client_secret=client_secret, refresh_token=refresh)
+    else:
+        accounts.add(provider, address, client_id=client_id, tenant=tenant,
+                     client_secret=client_secret, refresh_token=refresh)
+    forget()
 
 
 class StackError(RuntimeError):

@@ -14,6 +14,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def terminate_group(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM the process group, then SIGKILL it if it has not ended within ``timeout``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+
+
 class Worker:
     def __init__(self, queues: str, *, concurrency: int = 4, pool: str = "prefork",
                  log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
@@ -47,13 +58,7 @@ class Worker:
         return [int(pid) for pid in out.stdout.split()]
 
     def stop(self, timeout: float = 20) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        terminate_group(self.process, timeout)
         with contextlib.suppress(ProcessLookupError):  # pool children that outlived their parent
             os.killpg(self.process.pid, signal.SIGKILL)
         self._log.close()

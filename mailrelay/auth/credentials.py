@@ -50,6 +50,25 @@ def cached(address: str) -> Credentials:
     return creds
 
 
+def sendable(address: str, provider: str) -> Credentials:
+    """The account's credentials, or the ProviderError that says why it cannot send now."""
+    from mailrelay.auth.crypto import SecretUnreadable
+    from mailrelay.errors import ProviderError
+    from mailrelay.store.accounts import AccountNotFound
+
+    try:
+        account = cached(address)
+    except AccountNotFound:
+        raise ProviderError("unknown_account", "the account was removed", provider=provider) from None
+    except SecretUnreadable as err:
+        raise ProviderError("invalid_credentials", str(err), provider=provider) from None
+    if account.state == "disabled":
+        raise ProviderError("account_disabled", "the account is disabled", provider=provider)
+    if account.state == "reauth_required":
+        raise ProviderError("auth_revoked", "the account must be reconnected", provider=provider)
+    return account
+
+
 def forget(address: str | None = None) -> None:
     if address is None:
         _cache.clear()

@@ -94,25 +94,18 @@ class Bench:
 
 
 def _prepare_gmail(stack: Any) -> tuple[Any, str]:
-    from mailrelay.auth.credentials import forget
     from mailrelay.config import get_settings
+    from mailrelay.devstack import emulator_account, emulator_env
     from mailrelay.emulator.client import EmulatorClient
     from mailrelay.providers.gmail import GmailAdapter
     from mailrelay.store import accounts
 
     url, bundle = stack.start_emulator()
-    os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
-                      MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token")
+    os.environ.update(emulator_env(url, bundle))
     get_settings.cache_clear()
     emulator = EmulatorClient(url, verify=bundle)
-    emulator.register_client(CLIENT_ID, CLIENT_SECRET)
-    refresh = emulator.grant(CLIENT_ID, SENDERS["gmail"])
-    if SENDERS["gmail"] in {a["address"] for a in accounts.list_all()}:
-        accounts.replace_secrets(SENDERS["gmail"], client_secret=CLIENT_SECRET, refresh_token=refresh)
-    else:
-        accounts.add("gmail", SENDERS["gmail"], client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
-                     refresh_token=refresh)
-    forget()
+    emulator_account(emulator, "gmail", SENDERS["gmail"], client_id=CLIENT_ID,
+                     client_secret=CLIENT_SECRET)
     token = GmailAdapter().refresh(accounts.credentials(SENDERS["gmail"])).access_token
     return emulator, token
 

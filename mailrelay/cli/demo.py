@@ -134,16 +134,14 @@ def _base_env(stack: Any, workdir: Path) -> dict[str, str]:
               show_default=True, help="Where the SQLite file, secrets and logs go.")
 def command(once: bool, workdir: Path) -> None:
     """Run mailrelay locally with the emulator, workers, beat and Flower; send samples."""
-    from mailrelay.devstack import Stack, StackError
+    from mailrelay.devstack import Stack, StackError, emulator_env
 
     workdir.mkdir(parents=True, exist_ok=True)
     stack = Stack(workdir)
     try:
         os.environ.update(_base_env(stack, workdir))
         url, bundle = stack.start_emulator()
-        os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
-                          MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token",
-                          MAILRELAY_GRAPH_API_URL=f"{url}/v1.0", MAILRELAY_MS_AUTHORITY_HOST=url)
+        os.environ.update(emulator_env(url, bundle))
         ok = _run(stack, workdir, url, bundle, once)
     except StackError as err:
         raise Exit(str(err), UNAVAILABLE) from None
@@ -156,19 +154,13 @@ def command(once: bool, workdir: Path) -> None:
 def _accounts(emulator: Any, smtp_port: int) -> None:
     """Register the demo accounts; the emulator forgets grants between runs, so renew them."""
     from mailrelay.auth.credentials import forget
+    from mailrelay.devstack import emulator_account
     from mailrelay.store import accounts
 
-    emulator.register_client(CLIENT_ID, CLIENT_SECRET)
-    emulator.ms_register_app(CLIENT_ID, CLIENT_SECRET, MS_TENANT)
-    grants = {GMAIL_SENDER: emulator.grant(CLIENT_ID, GMAIL_SENDER),
-              MS_SENDER: emulator.ms_grant(CLIENT_ID, MS_SENDER)}
-    existing = {a["address"]: a for a in accounts.list_all()}
-    for address, provider, tenant in ((GMAIL_SENDER, "gmail", None), (MS_SENDER, "microsoft", MS_TENANT)):
-        if address in existing:
-            accounts.replace_secrets(address, client_secret=CLIENT_SECRET, refresh_token=grants[address])
-        else:
-            accounts.add(provider, address, client_id=CLIENT_ID, tenant=tenant,
-                         client_secret=CLIENT_SECRET, refresh_token=grants[address])
+    emulator_account(emulator, "gmail", GMAIL_SENDER, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+    emulator_account(emulator, "microsoft", MS_SENDER, client_id=CLIENT_ID,
+                     client_secret=CLIENT_SECRET, tenant=MS_TENANT)
+    existing = {a["address"] for a in accounts.list_all()}
     server = f"smtp+insecure://127.0.0.1:{smtp_port}"
     if SMTP_SENDER in existing:  # the local server's port changes from run to run
         accounts.set_server(SMTP_SENDER, server)

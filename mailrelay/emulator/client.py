@@ -86,6 +86,16 @@ class EmulatorClient:
             body["scope"] = scope
         return str(self._json("POST", "/_emulator/ms/grants", body)["refresh_token"])
 
+    def connect(self, provider: str, client_id: str, client_secret: str, email: str,
+                tenant: str | None = None) -> str:
+        """Register the OAuth client of ``provider`` ("gmail" or "microsoft") and return a
+        new refresh token for ``email``: what a consent would give."""
+        if provider == "microsoft":
+            self.ms_register_app(client_id, client_secret, tenant or "common")
+            return self.ms_grant(client_id, email)
+        self.register_client(client_id, client_secret)
+        return self.grant(client_id, email)
+
     def set_ms_strict_rotation(self, on: bool) -> None:
         """In strict rotation mode a Microsoft refresh token works once."""
         self._json("POST", "/_emulator/settings", {"ms_strict_rotation": on})

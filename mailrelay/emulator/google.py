@@ -15,7 +15,15 @@ from urllib.parse import parse_qs
 
 from mailrelay.emulator import mime
 from mailrelay.emulator.faults import FaultRule
-from mailrelay.emulator.server import Handler, Request, Response, Route, google_error, json_response
+from mailrelay.emulator.server import (
+    Handler,
+    Request,
+    Response,
+    Route,
+    google_error,
+    json_response,
+    oauth_client,
+)
 from mailrelay.emulator.state import AccessToken, Delivery, Refusal, State, normalize_message_id
 
 METADATA_LIMIT = 5 * 1024 * 1024
@@ -121,7 +129,7 @@ class Google:
             return oauth_error(400, "invalid_request", "Missing required parameter: grant_type")
         if grant_type != "refresh_token":
             return oauth_error(400, "unsupported_grant_type", f"Invalid grant_type: {grant_type}")
-        client_id, client_secret = _client_credentials(request, form)
+        client_id, client_secret = oauth_client(request, form)
         refresh_token = form.get("refresh_token")
         if not client_id:
             return oauth_error(400, "invalid_request", "Missing required parameter: client_id")
@@ -255,17 +263,6 @@ def _form(request: Request) -> dict[str, str]:
     except ValueError:
         return {}
     return {key: values[0] for key, values in parsed.items()}
-
-
-def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":  # RFC 6749 lets clients authenticate either way
-        try:
-            client_id, _, secret = base64.b64decode(value.strip()).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None, None
-        return client_id, secret
-    return form.get("client_id"), form.get("client_secret")
 
 
 def _decode_base64(text: str) -> bytes | None:

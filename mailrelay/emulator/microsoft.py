@@ -9,7 +9,6 @@ as Graph's base URL.
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import re
 import secrets
@@ -24,7 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 from mailrelay.emulator import graph_mail, mime
 from mailrelay.emulator.faults import FaultRule
 from mailrelay.emulator.graph_mail import GraphError, GraphMessage, Recipient
-from mailrelay.emulator.server import Handler, Request, Response, Route, json_response
+from mailrelay.emulator.server import Handler, Request, Response, Route, json_response, oauth_client
 from mailrelay.emulator.state import (
     Chunk,
     Delivery,
@@ -185,17 +184,6 @@ def _form(request: Request) -> dict[str, str]:
     except ValueError:
         return {}
     return {key: values[0] for key, values in parsed.items()}
-
-
-def _client_credentials(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:
-    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "basic":  # client_secret_basic, which Entra also takes
-        try:
-            client_id, _, secret = base64.b64decode(value.strip()).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None, None
-        return client_id, secret
-    return form.get("client_id"), form.get("client_secret")
 
 
 def _b64url(data: bytes) -> str:
@@ -393,7 +381,7 @@ class Microsoft:
         grant_type = form.get("grant_type")
         if not grant_type:
             return _missing(request, "grant_type")
-        client_id, secret = _client_credentials(request, form)
+        client_id, secret = oauth_client(request, form)
         if not client_id:
             return _missing(request, "client_id")
         app = self.state.ms_app(client_id)
@@ -605,14 +593,21 @@ class Microsoft:
             "id": self.state.ms_user_id(mailbox),
         })
 
-    def send_mail(self, request: Request) -> Response:
+    def _accept_write(self, request: Request, scopes: tuple[str, ...], *,
+                      sending: bool = False) -> str | Response:
+        """The mailbox a size-checked, authorized write acts on, or the refusal."""
         refused = self._too_large(request)
         if refused is not None:
             return refused
-        authorized = self._authorize(request, _SEND, sending=True)
+        authorized = self._authorize(request, scopes, sending=sending)
         if isinstance(authorized, Response):
             return authorized
-        _, mailbox = authorized
+        return authorized[1]
+
+    def send_mail(self, request: Request) -> Response:
+        mailbox = self._accept_write(request, _SEND, sending=True)
+        if isinstance(mailbox, Response):
+            return mailbox
         try:
             body = self._body(request)
             unknown = set(body) - {"message", "savetosentitems"}
@@ -661,13 +656,9 @@ class Microsoft:
             provider="graph", keep_sent=save, sent_graph=sent_view, received_graph=received_view))
 
     def create_draft(self, request: Request) -> Response:
-        refused = self._too_large(request)
-        if refused is not None:
-            return refused
-        authorized = self._authorize(request, _WRITE)
-        if isinstance(authorized, Response):
-            return authorized
-        _, mailbox = authorized
+        mailbox = self._accept_write(request, _WRITE)
+        if isinstance(mailbox, Response):
+            return mailbox
         try:
             message = graph_mail.parse_message(request.json())
         except ValueError:
@@ -685,13 +676,9 @@ class Microsoft:
             **shown})
 
     def add_attachment(self, request: Request) -> Response:
-        refused = self._too_large(request)
-        if refused is not None:
-            return refused
-        authorized = self._authorize(request, _WRITE)
-        if isinstance(authorized, Response):
-            return authorized
-        _, mailbox = authorized
+        mailbox = self._accept_write(request, _WRITE)
+        if isinstance(mailbox, Response):
+            return mailbox
         try:
             attachment = graph_mail.parse_attachment(request.json())
         except ValueError:

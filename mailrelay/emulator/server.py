@@ -7,6 +7,8 @@ wire format and nothing else.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import json
 import re
@@ -58,6 +60,19 @@ class Request:
         """The body as JSON; ValueError when it is not."""
         return json.loads(self.body.decode("utf-8")) if self.body.strip() else {}
 
+
+
+def oauth_client(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:
+    """(client_id, client_secret) of a token request: HTTP Basic or the form, as RFC 6749
+    lets a client choose (Google and Entra take both)."""
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            client_id, _, secret = base64.b64decode(value.strip()).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None, None
+        return client_id, secret
+    return form.get("client_id"), form.get("client_secret")
 
 @dataclass
 class Response:

@@ -104,7 +104,3 @@ def inject_fault(code: str, *, count: int = 1, after_send: bool = False,
     lookup(code)
     entry = json.dumps({"code": code, "after_send": after_send, "retry_after": retry_after})
     get_redis().rpush(FAULTS_KEY, *([entry] * count))
-
-
-def clear_faults() -> None:
-    get_redis().delete(FAULTS_KEY)

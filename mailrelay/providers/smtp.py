@@ -58,12 +58,10 @@ from urllib.parse import urlsplit
 
 from mailrelay.auth import credentials
 from mailrelay.auth.credentials import Credentials
-from mailrelay.auth.crypto import SecretUnreadable
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
 from mailrelay.message import Message, build_mime
 from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
-from mailrelay.store.accounts import AccountNotFound
 
 NAME = "smtp"
 
@@ -570,17 +568,8 @@ class SmtpAdapter(ProviderAdapter):
 
 
 def _account(address: str) -> Credentials:
-    """The sending account, refused at once when it cannot send (as delivery does for OAuth)."""
-    try:
-        account = credentials.cached(address)
-    except AccountNotFound:
-        raise ProviderError("unknown_account", "the account was removed", provider=NAME) from None
-    except SecretUnreadable as err:
-        raise ProviderError("invalid_credentials", str(err), provider=NAME) from None
-    if account.state == "disabled":
-        raise ProviderError("account_disabled", "the account is disabled", provider=NAME)
-    if account.state == "reauth_required":
-        raise ProviderError("auth_revoked", "the account must be reconnected", provider=NAME)
+    """The sending account, refused at once when it cannot send."""
+    account = credentials.sendable(address, NAME)
     if account.provider != NAME:
         raise _settings_error(f"the account is registered for {account.provider!r}, so it has no "
                               "SMTP server")

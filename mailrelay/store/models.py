@@ -8,7 +8,7 @@ request ids) exist from the first migration so that nothing is redesigned.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, cast
+from typing import cast
 
 from sqlalchemy import (
     BigInteger,
@@ -178,11 +178,6 @@ class SinkDelivery(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     raw: Mapped[bytes] = mapped_column(LargeBinary)
     delivered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
-
-
-def row_dict(row: Any) -> dict[str, Any]:
-    """A mapped row as a plain dict of its columns."""
-    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
 
 
 # Typed handles on the tables for Core statements (``Model.__table__`` is typed loosely).

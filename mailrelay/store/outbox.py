@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,11 +239,8 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
                 "worker": worker[:200]}).first()
             if row is None:
                 return None
-            return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
-                         attempt_number=row.attempt_count, provider=row.provider,
-                         from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
-                         payload=row.payload, created_at=pg_fastpath.aware_utc(row.created_at),
-                         lease_expires_at=expires, verify=bool(row.verify_before_send))
+            return _claim(message_id, owner, attempt_id, expires, row,
+                          created_at=pg_fastpath.aware_utc(row.created_at))
         row = conn.execute(stmt).first()
         if row is None:
             return None
@@ -258,14 +254,15 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
                                              started_at=now))
         _audit(conn, message_id, owner, "claim", now=now, from_state=row.prev_state,
                to_state=State.SENDING)
-    return _claim(message_id, owner, attempt_id, expires, row)
+    return _claim(message_id, owner, attempt_id, expires, row, created_at=row.created_at)
 
 
-def _claim(message_id: str, owner: str, attempt_id: str, expires: dt.datetime, row: Any) -> Claim:
+def _claim(message_id: str, owner: str, attempt_id: str, expires: dt.datetime, row: Any, *,
+           created_at: dt.datetime) -> Claim:
     return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
                  attempt_number=row.attempt_count, provider=row.provider,
                  from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
-                 payload=row.payload, created_at=row.created_at, lease_expires_at=expires,
+                 payload=row.payload, created_at=created_at, lease_expires_at=expires,
                  verify=bool(row.verify_before_send))
 
 
@@ -377,11 +374,3 @@ def _audit_dict(row: Any) -> dict[str, Any]:
     return {"at": _iso(row.at), "actor": row.actor, "action": row.action,
             "from_state": row.from_state, "to_state": row.to_state, "code": row.code,
             "reason": row.reason}
-
-
-def counts_by_state() -> Mapping[str, int]:
-    from sqlalchemy import func
-
-    with db_errors(), get_engine().connect() as conn:
-        rows = conn.execute(select(messages.c.state, func.count()).group_by(messages.c.state)).all()
-    return {state: count for state, count in rows}

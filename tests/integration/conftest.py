@@ -43,6 +43,7 @@ class EmulatorHandle:
 def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmulatorHandle]:
     """One real emulator process (HTTPS) for the session; settings point mailrelay at it."""
     from mailrelay.config import get_settings
+    from mailrelay.devstack import emulator_env
     from mailrelay.emulator.client import EmulatorClient
 
     state = tmp_path_factory.mktemp("emulator")
@@ -61,9 +62,7 @@ def emulator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emula
         found[name.strip()] = value.strip()
     assert {"emulator", "bundle"} <= set(found), f"emulator did not start: {found}"
     url, bundle = found["emulator"], found["bundle"]
-    os.environ.update(REQUESTS_CA_BUNDLE=bundle, MAILRELAY_GMAIL_API_URL=url,
-                      MAILRELAY_GOOGLE_TOKEN_URL=f"{url}/token",
-                      MAILRELAY_GRAPH_API_URL=f"{url}/v1.0", MAILRELAY_MS_AUTHORITY_HOST=url)
+    os.environ.update(emulator_env(url, bundle))
     get_settings.cache_clear()
     yield EmulatorHandle(url, bundle, EmulatorClient(url, verify=bundle))
     os.killpg(process.pid, signal.SIGTERM)

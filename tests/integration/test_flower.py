@@ -7,7 +7,6 @@ import ast
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from mailrelay.celery_app import CONTROL_QUEUE, SEND_TASK, app
 from mailrelay.client import send_async, submit
 from mailrelay.devstack import free_port
 from tests.integration.helpers import scalar, wait_for
-from tests.processes import Worker
+from tests.processes import Worker, terminate_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -63,13 +62,7 @@ class Flower:
         return requests.get(f"{self.url}{path}", auth=auth, params=params, timeout=10)
 
     def stop(self, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
+        terminate_group(self.process, timeout)
         self._log.close()
         return int(self.process.returncode)
 
