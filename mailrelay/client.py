@@ -41,5 +41,5 @@ def send(message: dict[str, Any], *, request_id: str | None = None) -> str:
 
 def send_async(message: dict[str, Any]) -> AsyncResult:
     """Publish a ``mailrelay.send`` task; its result is ``{"id", "state", "error_code"}``."""
-    return app.send_task(SEND_TASK, kwargs={"message": message}, queue=INTAKE_QUEUE,
-                         kwargsrepr="{'message': '<redacted>'}", argsrepr="()")
+    # The published reprs are redacted by celery_app's before_task_publish handler.
+    return app.send_task(SEND_TASK, kwargs={"message": message}, queue=INTAKE_QUEUE)

@@ -10,6 +10,7 @@ The sequence that makes the effect exactly once:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -64,14 +65,18 @@ def deliver(message_id: str, *, worker: str) -> Report:
         LEASES_LOST.labels(provider=claim.provider).inc()
         log.warning("lease lost before the attempt finished; the new owner decides")
         return Report(message_id, None, claim.provider)
-    retry_in = None
-    if outcome.state is State.RETRYING and outcome.next_attempt_at is not None:
-        wait = (outcome.next_attempt_at - outbox.utcnow()).total_seconds()
-        # Longer waits stay parked in next_attempt_at for the reconciler: a countdown
-        # beyond the broker's visibility timeout would run twice.
-        if wait <= settings.countdown_max:
-            retry_in = max(wait, 0.0)
+    retry_in = _countdown(outcome.next_attempt_at) if outcome.state is State.RETRYING else None
     return Report(message_id, outcome.state.value, claim.provider, retry_in)
+
+
+def _countdown(at: dt.datetime | None) -> float | None:
+    """Seconds until ``at`` if a Celery countdown may wait that long, else None. Longer
+    waits stay parked in next_attempt_at for the reconciler: a countdown beyond the
+    broker's visibility timeout would run twice."""
+    if at is None:
+        return None
+    wait = (at - outbox.utcnow()).total_seconds()
+    return max(wait, 0.0) if wait <= get_settings().countdown_max else None
 
 
 def _attempt(claim: Claim) -> Outcome:
@@ -167,8 +172,6 @@ def _not_claimed(message_id: str) -> Report:
     if found is None:
         log.warning("no message with this id; task dropped")
         return Report(message_id, None)
-    if found.state == State.RETRYING and found.next_attempt_at is not None:
-        wait = (found.next_attempt_at - outbox.utcnow()).total_seconds()
-        if 0 < wait <= get_settings().countdown_max:
-            return Report(message_id, found.state, found.provider, retry_in=wait)
-    return Report(message_id, found.state, found.provider)
+    retry_in = _countdown(found.next_attempt_at) if found.state == State.RETRYING else None
+    # A retry already due is not re-sent from here: the task that claimed it is running.
+    return Report(message_id, found.state, found.provider, retry_in=retry_in or None)

@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task
 from celery.worker.request import Request
 
+from mailrelay.celery_app import REDACTED_KWARGS
 from mailrelay.errors import TransientInfraError
 from mailrelay.logctx import get_logger, log_context
 from mailrelay.metrics import TASK_RETRIES, TASK_SECONDS
@@ -38,7 +39,7 @@ class RedactedRequest(Request):  # type: ignore[misc]
 
     @property
     def kwargsrepr(self) -> str:
-        return "{'message': '<redacted>'}"
+        return REDACTED_KWARGS
 
 
 class MailrelayTask(Task):  # type: ignore[misc]
