@@ -84,6 +84,15 @@ def _text(raw: str) -> str:
     return raw.strip()
 
 
+def _word_list(raw: str) -> str:
+    """A comma- or space-separated list of tokens (extensions, content types), normalized."""
+    words = [w.strip().lower().lstrip(".") for w in raw.replace(",", " ").split()]
+    for word in words:
+        if not all(c.isalnum() or c in "/+-._" for c in word):
+            raise ValueError(f"unexpected characters in {word!r}")
+    return ",".join(words)
+
+
 def _optional_url(*schemes: str) -> Callable[[str], str]:
     strict = _url(*schemes)
     return lambda raw: "" if raw == "" else strict(raw)
@@ -150,6 +159,16 @@ TABLE: tuple[Setting, ...] = (
     Setting("sink_latency_ms", _int(0, 60_000), "0",
             "the sink provider waits this long per send, standing in for a provider round trip"),
     Setting("operator", str, "", "name recorded in the audit table for CLI actions (default: $USER)"),
+    # Content policy, applied at intake
+    Setting("html_policy", _choice("off", "sanitize"), "sanitize",
+            "producer HTML: `sanitize` removes scripts, handlers, frames, forms (per account: "
+            "`accounts set --html-policy`)"),
+    Setting("blocked_extensions", _word_list, "",
+            "attachment extensions refused with attachment_blocked, comma-separated; empty: "
+            "the usual executable set (Gmail's list); `none`: nothing"),
+    Setting("blocked_content_types", _word_list, "",
+            "attachment content types refused with attachment_blocked; empty: executable "
+            "types; `none`: nothing"),
     # Provider endpoints: the real ones by default; the emulator's in tests and the demo.
     Setting("gmail_api_url", _url(*_HTTP), "https://gmail.googleapis.com", "Gmail API base URL"),
     Setting("google_token_url", _url(*_HTTP), "https://oauth2.googleapis.com/token",
@@ -202,6 +221,9 @@ class Settings:
     max_message_bytes: int
     sink_latency_ms: int
     operator: str
+    html_policy: str
+    blocked_extensions: str
+    blocked_content_types: str
     gmail_api_url: str
     google_token_url: str
     google_auth_url: str

@@ -22,6 +22,7 @@ def emulator_env(url: str, bundle: str) -> dict[str, str]:
     """The settings that send mailrelay to the emulator instead of Google and Microsoft."""
     return {"REQUESTS_CA_BUNDLE": bundle, "MAILRELAY_GMAIL_API_URL": url,
             "MAILRELAY_GOOGLE_TOKEN_URL": f"{url}/token",
+            "MAILRELAY_GOOGLE_AUTH_URL": f"{url}/o/oauth2/v2/auth",
             "MAILRELAY_GRAPH_API_URL": f"{url}/v1.0", "MAILRELAY_MS_AUTHORITY_HOST": url}
 
 

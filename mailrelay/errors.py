@@ -30,6 +30,7 @@ CODES: dict[str, ErrorCode] = _codes(
     ErrorCode("missing_body", False, "neither text nor html was given"),
     ErrorCode("invalid_header", False, "a header name or value is not allowed"),
     ErrorCode("invalid_attachment", False, "an attachment or inline part is malformed"),
+    ErrorCode("attachment_blocked", False, "an attachment's extension or type is blocked by policy"),
     ErrorCode("message_too_large", False, "the message is larger than the provider allows"),
     ErrorCode("unknown_account", False, "the from address is not a registered account"),
     ErrorCode("account_disabled", False, "the sending account is disabled"),
@@ -108,8 +109,11 @@ class ProviderError(MailrelayError):
 
     def __init__(self, code: str, detail: str = "", *, provider: str | None = None,
                  status: int | None = None, retry_after: float | None = None,
-                 sent_unknown: bool = False) -> None:
+                 sent_unknown: bool = False, reason: str | None = None) -> None:
         self.sent_unknown = sent_unknown
+        # The provider's own name for the error (Graph's error.code, Google's reason,
+        # an AADSTS number): what `accounts check` explains in plain words.
+        self.reason = reason
         super().__init__(code, detail, provider=provider, status=status, retry_after=retry_after)
 
 

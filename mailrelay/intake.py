@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from mailrelay import providers
 from mailrelay.config import get_settings
+from mailrelay.content import policy as content_policy
 from mailrelay.errors import ValidationError
 from mailrelay.message import Message, mime_size, validate
 from mailrelay.metrics import INTAKE
@@ -37,9 +38,13 @@ def take_in(raw: object, *, request_id: str | None, actor: str) -> Accepted:
                            max_recipients=1_000_000)
         account = _account_for(message)
         provider = _provider_for(message, account)
+        content_hash = message.content_hash()  # the producer's content, before the policy
+        applied = content_policy.apply(message, account.html_policy)
+        message = applied.message
         size = _check_capabilities(message, provider)
         result = outbox.accept(message, account, request_id=request_id, actor=actor,
-                               size_bytes=size)
+                               size_bytes=size, content_hash=content_hash,
+                               html_removed=applied.html_removed)
     except ValidationError as err:
         result = outbox.reject(raw, err, request_id=request_id, actor=actor, account=account,
                                from_address=_raw_from(raw))

@@ -1,7 +1,7 @@
 """Every Prometheus metric mailrelay exports, declared once.
 
-Labels are bounded: ``provider``, ``queue``, ``code``, ``result``; never an address, a
-message id or an account.
+Labels are bounded: ``provider``, ``queue``, ``code``, ``result``, ``kind``; never an
+address, a message id or an account.
 """
 
 from __future__ import annotations
@@ -25,3 +25,9 @@ RECONCILED = Counter("mailrelay_reconciled_total",
 LEASES_LOST = Counter("mailrelay_leases_lost_total",
                       "Attempts that ended after another worker took the message over",
                       ["provider"])
+HTML_REMOVED = Counter("mailrelay_html_removed_total",
+                       "What sanitizing took out of producer HTML at intake, by kind",
+                       ["kind"])
+HTML_SANITIZED = Counter("mailrelay_html_sanitized_total",
+                         "HTML bodies sanitized at intake, by whether anything was removed",
+                         ["result"])

@@ -21,6 +21,9 @@ MIN_WAIT_SECONDS = 1.0
 # After an attempt that may have reached the provider, wait at least this long before
 # asking it: a message accepted a moment ago may not be searchable yet.
 SETTLE_SECONDS = 5.0
+# A revoked grant is the account's trouble, not the message's: its messages wait for
+# `mailrelay auth reconnect` (which resumes them) until their retry window closes.
+PARKED_CODE = "auth_revoked"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ def backoff(attempt: int, limits: RetryLimits, rng: random.Random | None = None)
 def decide(err: MailrelayError, *, attempt: int, created_at: dt.datetime, now: dt.datetime,
            limits: RetryLimits, rng: random.Random | None = None) -> Outcome:
     sent_unknown = isinstance(err, ProviderError) and err.sent_unknown
+    if err.code == PARKED_CODE:
+        return _park(err, created_at=created_at, now=now, limits=limits, verify=sent_unknown)
     if not err.retryable:
         return Outcome(State.FAILED, code=err.code, detail=str(err))
     if attempt >= limits.max_attempts:
@@ -59,3 +64,15 @@ def decide(err: MailrelayError, *, attempt: int, created_at: dt.datetime, now: d
                        detail=f"{err} (retry window of {limits.max_age} closed)")
     return Outcome(State.RETRYING, code=err.code, detail=str(err), next_attempt_at=at,
                    verify=sent_unknown)
+
+
+def _park(err: MailrelayError, *, created_at: dt.datetime, now: dt.datetime, limits: RetryLimits,
+          verify: bool) -> Outcome:
+    deadline = created_at + limits.max_age
+    if now >= deadline:
+        return Outcome(State.FAILED, code=err.code,
+                       detail=f"{err} (not reconnected within the retry window of {limits.max_age})")
+    # Parked until the deadline: the reconciler's last try then fails it, unless a
+    # reconnect resumed it before.
+    return Outcome(State.RETRYING, code=err.code, detail=f"{err} (parked until reconnected)",
+                   next_attempt_at=deadline, verify=verify)

@@ -13,9 +13,12 @@ import psycopg2
 import redis
 
 PG_ADMIN = os.environ.get("MAILRELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_HOST = "redis://127.0.0.1:6379"
-# Redis databases 10-12 belong to the test run; they are flushed at start.
-REDIS_DBS = {"MAILRELAY_BROKER_URL": 10, "MAILRELAY_RESULT_BACKEND": 11, "MAILRELAY_REDIS_URL": 12}
+REDIS_HOST = os.environ.get("MAILRELAY_TEST_REDIS_HOST", "redis://127.0.0.1:6379")
+# Redis databases 10-12 belong to the test run; they are flushed at start. Two runs at
+# once (two checkouts on one machine) need MAILRELAY_TEST_REDIS_DB to move one of them.
+_BASE = int(os.environ.get("MAILRELAY_TEST_REDIS_DB", "10"))
+REDIS_DBS = {"MAILRELAY_BROKER_URL": _BASE, "MAILRELAY_RESULT_BACKEND": _BASE + 1,
+             "MAILRELAY_REDIS_URL": _BASE + 2}
 
 
 def pg_url(database: str) -> str:

@@ -58,6 +58,11 @@ def sendable(address: str, provider: str) -> Credentials:
 
     try:
         account = cached(address)
+        if account.state != "active":
+            # A refusal is checked against the row, not the cache: a reconnect made in
+            # another process must resume this account's messages at once.
+            forget(address)
+            account = cached(address)
     except AccountNotFound:
         raise ProviderError("unknown_account", "the account was removed", provider=provider) from None
     except SecretUnreadable as err:

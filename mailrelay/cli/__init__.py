@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from mailrelay.cli import accounts, beat, bench, db, demo, emulator, flower, send, status, worker
+from mailrelay.cli import accounts, auth, beat, bench, db, demo, emulator, flower, send, status, worker
 from mailrelay.cli.exits import run_guarded
 
 
@@ -21,7 +21,7 @@ def cli() -> None:
     """mailrelay: send email through users' own mailboxes, exactly once."""
 
 
-for module in (send, status, accounts, db, worker, demo, bench, beat, flower, emulator):
+for module in (send, status, accounts, auth, db, worker, demo, bench, beat, flower, emulator):
     cli.add_command(module.command)
 
 

@@ -1,4 +1,4 @@
-"""`mailrelay accounts`: register, list, check and remove sending accounts.
+"""`mailrelay accounts`: register, list, check, configure and remove sending accounts.
 
 Secrets (client secret, refresh token) come from MAILRELAY_CLIENT_SECRET and
 MAILRELAY_REFRESH_TOKEN or a hidden prompt; never from argv, which other users of the
@@ -16,17 +16,6 @@ from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.errors import ValidationError
 from mailrelay.store import accounts
-
-DIAGNOSES = {
-    "auth_revoked": "the grant was revoked or has expired: the mailbox owner must connect it again",
-    "invalid_credentials": "the OAuth client id or secret is wrong (or the secret key changed)",
-    "permission_denied": "the grant lacks a needed scope, or the mailbox may not send",
-    "network_error": "the token endpoint could not be reached",
-    "provider_unavailable": "the provider's token endpoint failed; try again later",
-    "provider_timeout": "the token endpoint did not answer in time",
-    "rate_limited": "the provider is rate-limiting this client",
-    "account_disabled": "the account is disabled",
-}
 
 
 @click.group("accounts")
@@ -51,9 +40,11 @@ def _secret(value: str, env: str, what: str) -> str:
 @click.option("--app-only", is_flag=True, help="Client credentials instead of a user's grant (Microsoft).")
 @click.option("--rate-limit", type=click.IntRange(1, 100_000), metavar="PER_MINUTE",
               help="Override the provider's documented sending rate for this mailbox.")
+@click.option("--html-policy", type=click.Choice(["off", "sanitize"]),
+              help="HTML content policy for this account (default: MAILRELAY_HTML_POLICY).")
 @json_option
 def add(provider: str, address: str, client_id: str | None, tenant: str | None, app_only: bool,
-        rate_limit: int | None, as_json: bool) -> None:
+        rate_limit: int | None, html_policy: str | None, as_json: bool) -> None:
     """Register ADDRESS as a sending account of PROVIDER.
 
     OAuth providers need --client-id, and read the client secret and the refresh token from
@@ -75,7 +66,7 @@ def add(provider: str, address: str, client_id: str | None, tenant: str | None, 
         adapter().check_account(client_id=client_id, tenant=tenant, app_only=app_only)
         row = accounts.add(provider, address, client_id=client_id, tenant=tenant, app_only=app_only,
                            rate_limit_per_minute=rate_limit, client_secret=secret,
-                           refresh_token=refresh)
+                           refresh_token=refresh, html_policy=html_policy)
     except (accounts.AccountExists, ValidationError) as err:
         raise Exit(str(err), FAILED) from None
     if as_json:
@@ -88,46 +79,86 @@ def add(provider: str, address: str, client_id: str | None, tenant: str | None, 
 @json_option
 def list_(as_json: bool) -> None:
     """List accounts with their state and health; never a secret."""
-    rows = accounts.list_all()
+    rows = [_with_rate(row) for row in accounts.list_all()]
     if as_json:
         emit_json(rows)
+        return
+    for row in rows:
+        row["rate_limit"] = f"{row['rate_limit_per_minute_effective'] or '-'}/min" + (
+            "" if row["rate_limit_per_minute"] else " (default)")
+        row["html"] = row["html_policy"] or "(global)"
+    table(rows, ["address", "provider", "state", "last_success_at", "last_refresh_at",
+                 "consecutive_failures", "last_error_code", "rate_limit", "html"], title="accounts")
+
+
+def _with_rate(row: dict[str, object]) -> dict[str, object]:
+    """The rate that applies: the account's override, else the provider's documented one."""
+    default = providers.capabilities(str(row["provider"])).sends_per_minute
+    row["rate_limit_per_minute_default"] = default
+    row["rate_limit_per_minute_effective"] = row["rate_limit_per_minute"] or default
+    return row
+
+
+@command.command("set")
+@click.argument("address")
+@click.option("--rate-limit", metavar="PER_MINUTE|default",
+              help="Sends per minute for this mailbox, or `default` for the provider's rate.")
+@click.option("--html-policy", type=click.Choice(["off", "sanitize", "default"]),
+              help="HTML content policy for this account; `default` follows MAILRELAY_HTML_POLICY.")
+@json_option
+def set_(address: str, rate_limit: str | None, html_policy: str | None, as_json: bool) -> None:
+    """Change ADDRESS's per-account settings."""
+    changes: dict[str, object] = {}
+    if rate_limit is not None:
+        changes["rate_limit_per_minute"] = _rate(rate_limit)
+    if html_policy is not None:
+        changes["html_policy"] = None if html_policy == "default" else html_policy
+    if not changes:
+        raise Exit("nothing to change: give --rate-limit or --html-policy", USAGE)
+    try:
+        row = _with_rate(accounts.configure(address, **changes))  # type: ignore[arg-type]
+    except accounts.AccountNotFound as err:
+        raise Exit(str(err), NOT_FOUND) from None
+    if as_json:
+        emit_json(row)
     else:
-        table(rows, ["address", "provider", "state", "last_success_at", "last_refresh_at",
-                     "consecutive_failures", "rate_limit_per_minute"], title="accounts")
+        click.echo(f"{row['address']}: rate limit {row['rate_limit_per_minute_effective'] or 'none'}"
+                   f"/min, HTML policy {row['html_policy'] or 'global'}")
+
+
+def _rate(value: str) -> int | None:
+    if value == "default":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 100_000:
+        raise Exit("--rate-limit: a number of sends per minute from 1 to 100000, or `default`",
+                   USAGE)
+    return int(value)
 
 
 @command.command("check")
 @click.argument("address")
 @json_option
 def check(address: str, as_json: bool) -> None:
-    """Refresh ADDRESS's access token once and say in plain words what is wrong, if anything."""
-    from mailrelay.auth.tokens import manager
-    from mailrelay.errors import MailrelayError
+    """Refresh ADDRESS's token, probe the mailbox and say in plain words what is wrong."""
+    from mailrelay.auth.health import diagnose
 
     try:
         creds = accounts.credentials(address)
+        health = accounts.health(address)
     except accounts.AccountNotFound as err:
         raise Exit(str(err), NOT_FOUND) from None
-    adapter = providers.get(creds.provider)
-    result: dict[str, object] = {"address": creds.address, "provider": creds.provider,
-                                 "state": creds.state, "ok": True, "code": None,
-                                 "diagnosis": "the account can send"}
-    if adapter.uses_oauth:
-        tokens = manager()
-        tokens.forget(creds.id)
-        try:
-            tokens.get(creds, adapter.refresh)
-            result["diagnosis"] = "a new access token was issued"
-        except MailrelayError as err:
-            result.update(ok=False, code=err.code,
-                          diagnosis=DIAGNOSES.get(err.code, str(err)),
-                          state=accounts.credentials(address).state)
+    found = diagnose(creds, health)
+    result = {"address": creds.address, "provider": creds.provider,
+              "state": accounts.health(address)["state"], **found.as_dict()}
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"{result['address']}: {'ok' if result['ok'] else 'NOT OK'} - {result['diagnosis']}")
-    if not result["ok"]:
-        raise Exit(f"{result['code']}", FAILED)
+        verdict = "ok" if found.ok else f"NOT OK ({found.kind})"
+        click.echo(f"{creds.address}: {verdict} - {found.words}")
+        if found.detail and not found.ok:
+            click.echo(f"  provider said: {found.detail}")
+    if not found.ok:
+        raise Exit(found.kind, FAILED)
 
 
 @command.command("remove")

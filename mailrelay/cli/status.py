@@ -25,6 +25,8 @@ def command(message_id: str, as_json: bool) -> None:
                 "next_attempt_at"):
         if info.get(key) is not None:
             click.echo(f"{key:>20}: {info[key]}")
+    if info.get("html_removed"):
+        click.echo(f"{'html':>20}: sanitized, {info['html_removed']} things removed")
     if info["attempts"]:
         table(info["attempts"], ["number", "started_at", "outcome", "error_code", "latency_ms",
                                  "worker", "detail"], title="attempts")

@@ -96,6 +96,11 @@ class EmulatorClient:
         self.register_client(client_id, client_secret)
         return self.grant(client_id, email)
 
+    def set_consent_user(self, email: str | None) -> None:
+        """Who signs in on the consent pages when the authorize URL has no login_hint: the
+        page's account field holds it, and ``auto=1`` consents as it. None clears it."""
+        self._json("POST", "/_emulator/consent", {"email": email})
+
     def set_ms_strict_rotation(self, on: bool) -> None:
         """In strict rotation mode a Microsoft refresh token works once."""
         self._json("POST", "/_emulator/settings", {"ms_strict_rotation": on})
@@ -108,7 +113,8 @@ class EmulatorClient:
         return list(self._json("GET", "/_emulator/faults")["rules"])
 
     def reset(self, *, everything: bool = False) -> None:
-        """Forget faults, counters and messages; ``everything`` also clients and grants."""
+        """Forget faults, counters and messages; ``everything`` also clients, grants,
+        pending consents and authorization codes."""
         self._json("POST", "/_emulator/reset", {"all": everything})
 
     def stats(self) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The control API under /_emulator/: set up OAuth clients and grants (Google's, and
-Microsoft's apps and grants under /_emulator/ms/), inject failures, read counters and
-the delivered messages. Tests and the demo drive the emulator here."""
+Microsoft's apps and grants under /_emulator/ms/), who signs in on the consent pages,
+inject failures, read counters and the delivered messages. Tests and the demo drive the
+emulator here."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from mailrelay.emulator import mime, summary
 from mailrelay.emulator.faults import RuleError, parse_rule
+from mailrelay.emulator.graph_mail import valid_address
 from mailrelay.emulator.microsoft import DEFAULT_APP_ROLES
 from mailrelay.emulator.server import Request, Response, Route, json_response
 from mailrelay.emulator.state import MsApp, State
@@ -136,6 +138,16 @@ def routes(state: State) -> list[Route]:
         return json_response(200, {"access_token_ttl": state.access_token_ttl,
                                    "ms_strict_rotation": state.ms_strict_rotation})
 
+    def consent(request: Request) -> Response:
+        body = _object(request)
+        if isinstance(body, Response):
+            return body
+        email = body.get("email")
+        if email is not None and not valid_address(email if isinstance(email, str) else ""):
+            return _problem(400, "email must be an email address, or null to clear it")
+        state.set_consent_email(email)
+        return json_response(200, {"email": state.consent_email})
+
     def inject(request: Request) -> Response:
         body = _object(request)
         if isinstance(body, Response):
@@ -194,6 +206,7 @@ def routes(state: State) -> list[Route]:
         Route("POST", r"/_emulator/revoke", "emulator.revoke", revoke),
         Route("POST", r"/_emulator/expire", "emulator.expire", expire),
         Route("POST", r"/_emulator/settings", "emulator.settings", settings),
+        Route("POST", r"/_emulator/consent", "emulator.consent", consent),
         Route("POST", r"/_emulator/inject", "emulator.inject", inject),
         Route("GET", r"/_emulator/faults", "emulator.faults", faults),
         Route("POST", r"/_emulator/reset", "emulator.reset", reset),

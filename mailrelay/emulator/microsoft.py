@@ -1,4 +1,5 @@
-"""Microsoft's side: the Entra ID endpoints MSAL uses and the Graph mail calls mailrelay makes.
+"""Microsoft's side: the Entra ID endpoints MSAL uses (sign-in and consent included) and
+the Graph mail calls mailrelay makes.
 
 Paths, parameters, status codes and error bodies follow Microsoft's documentation, so
 MSAL and a Graph adapter written against the real services work here unchanged, with
@@ -8,7 +9,6 @@ as Graph's base URL.
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import secrets
@@ -18,16 +18,19 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import quote, urlsplit
 
-from mailrelay.emulator import graph_mail, mime
+from mailrelay.emulator import consent, graph_mail, mime
 from mailrelay.emulator.faults import FaultRule
 from mailrelay.emulator.graph_mail import GraphError, GraphMessage, Recipient
 from mailrelay.emulator.server import Handler, Request, Response, Route, json_response, oauth_client
 from mailrelay.emulator.state import (
+    Authorization,
     Chunk,
+    CodeRefusal,
     Delivery,
     Draft,
+    IssuedCode,
     MsAccessToken,
     MsApp,
     MsRefusal,
@@ -43,6 +46,18 @@ DEFAULT_DELEGATED_SCOPES = ("Mail.Send", "Mail.ReadWrite", "User.Read")
 # The application permissions an app gets unless registered with its own list.
 DEFAULT_APP_ROLES = ("Mail.Send", "Mail.ReadWrite", "User.Read.All")
 _RESERVED_SCOPES = frozenset({"openid", "profile", "offline_access", "email"})
+_SCOPE_WORDS = {
+    "mail.send": "Send mail as you",
+    "mail.readwrite": "Read, write and delete your mail",
+    "mail.read": "Read your mail",
+    "mail.readbasic": "Read your mail's headers and properties, but not the bodies",
+    "user.read": "Sign you in and read your profile",
+    ".default": "Everything the app is set up to use",
+    "openid": "Sign you in",
+    "profile": "See your basic profile",
+    "email": "See your email address",
+    "offline_access": "Keep access to what you allowed while you are away",
+}
 _PSEUDO_TENANTS = frozenset({"common", "organizations"})
 
 # The permissions (delegated scopes or application roles, any one will do) each call needs.
@@ -51,6 +66,7 @@ _WRITE = ("Mail.ReadWrite",)
 _READ = ("Mail.ReadBasic", "Mail.ReadBasic.All", "Mail.Read", "Mail.ReadWrite")
 
 _TENANT = r"/(?P<tenant>[^/_][^/]*)"
+_AUTHORIZE = _TENANT + r"/oauth2/v2\.0/authorize"
 _ME, _USERS = r"(?i)/v1\.0/me", r"(?i)/v1\.0/users/(?P<user>[^/]+)"
 _MESSAGE = r"/messages/(?P<message>[^/]+)"
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)-(\d+)/(\d+)\s*", re.IGNORECASE)
@@ -170,6 +186,18 @@ def aad_error(request: Request | None, status: int, error: str, code: int, descr
     }, [("Pragma", "no-cache"), *headers])
 
 
+def _tenant_not_found(tenant: str) -> str:
+    return (f"Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are "
+            "signing into the correct cloud.")
+
+
+def _app_not_found(client_id: str, tenant: str) -> str:
+    return (f"Application with identifier '{client_id}' was not found in the directory '{tenant}'. "
+            "This can happen if the application has not been installed by the administrator of the "
+            "tenant or consented to by any user in the tenant. You may have sent your authentication "
+            "request to the wrong tenant.")
+
+
 # --- small helpers -----------------------------------------------------------------------
 
 
@@ -177,17 +205,6 @@ def _base(request: Request) -> str:
     return "https://" + (request.headers.get("Host") or "127.0.0.1")
 
 
-def _form(request: Request) -> dict[str, str]:
-    """The token request's form (Entra takes form-encoded bodies only)."""
-    try:
-        parsed = parse_qs(request.body.decode("utf-8"), keep_blank_values=True)
-    except ValueError:
-        return {}
-    return {key: values[0] for key, values in parsed.items()}
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def display_name(email: str) -> str:
@@ -207,6 +224,25 @@ def _resource_and_name(scope: str) -> tuple[str, str]:
     return resource, name
 
 
+def _describe(scope: str) -> str:
+    """A scope in plain words; one the emulator has no words for stays itself."""
+    name = scope if scope.lower() in _RESERVED_SCOPES else _resource_and_name(scope)[1]
+    return _SCOPE_WORDS.get(name.lower(), scope)
+
+
+def _split_scopes(scopes: Iterable[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """The reserved scopes (openid, offline_access...) and the others by resource."""
+    reserved: list[str] = []
+    resources: dict[str, list[str]] = {}
+    for scope in scopes:
+        if scope.lower() in _RESERVED_SCOPES:
+            reserved.append(scope)
+        else:
+            resource, name = _resource_and_name(scope)
+            resources.setdefault(resource, []).append(name)
+    return reserved, resources
+
+
 def _tenant_matches(app: MsApp, tenant: str) -> bool:
     wanted = tenant.lower()
     return wanted in _PSEUDO_TENANTS or wanted in (app.tenant.lower(), ms_object_id(app.tenant))
@@ -223,6 +259,8 @@ def _expiry(status: UploadStatus) -> str:
 class Microsoft:
     def __init__(self, state: State) -> None:
         self.state = state
+        self.consent = consent.Consent(state, consent.Provider(
+            "microsoft", "Microsoft", _describe, self._granted, self._denied))
 
     def routes(self) -> list[Route]:
         def entra(method: str, path: str, endpoint: str, handler: Handler) -> Route:
@@ -243,6 +281,8 @@ class Microsoft:
                   self.openid_configuration),
             entra("GET", r"/common/discovery/instance", "ms.discovery", self.instance_discovery),
             entra("GET", _TENANT + r"/discovery/v2\.0/keys", "ms.discovery", self.keys),
+            Route("GET", _AUTHORIZE, "ms.authorize", self.authorize),
+            Route("POST", _AUTHORIZE + r"/decision", "ms.consent", self.consent.decide),
             entra("POST", _TENANT + r"/oauth2/v2\.0/token", "ms.token", self.token),
             *graph("GET", "", "graph.me", self.me),
             *graph("POST", r"/sendMail", "graph.sendmail", self.send_mail),
@@ -278,8 +318,11 @@ class Microsoft:
         return graph_error(None, status, code, message, headers=headers)
 
     def _token_request_owner(self, request: Request) -> str | None:
-        refresh_token = _form(request).get("refresh_token") if request.method == "POST" else None
-        return None if refresh_token is None else self.state.ms_refresh_owner(refresh_token)
+        form = request.form() if request.method == "POST" else {}
+        refresh_token, code = form.get("refresh_token"), form.get("code")
+        if refresh_token is not None:
+            return self.state.ms_refresh_owner(refresh_token)
+        return None if code is None else self.state.code_owner(code)
 
     def _mailbox(self, request: Request) -> str | None:
         """The mailbox a Graph request acts on: the user in the path, the token's owner
@@ -314,9 +357,7 @@ class Microsoft:
     def openid_configuration(self, request: Request) -> Response:
         tenant = request.params["tenant"]
         if not self.state.ms_tenant_known(tenant):
-            return aad_error(request, 400, "invalid_tenant", 90002, f"Tenant '{tenant}' not found. "
-                             "Check to make sure you have the correct tenant ID and are signing "
-                             "into the correct cloud.")
+            return aad_error(request, 400, "invalid_tenant", 90002, _tenant_not_found(tenant))
         base = _base(request)
         issuer_tenant = "{tenantid}" if tenant.lower() in _PSEUDO_TENANTS else tenant
         oauth = f"{base}/{tenant}/oauth2/v2.0"
@@ -367,6 +408,80 @@ class Microsoft:
             "metadata": [{"preferred_network": host, "preferred_cache": host, "aliases": [host]}],
         })
 
+    def authorize(self, request: Request) -> Response:
+        tenant = request.params["tenant"]
+        if not self.state.ms_tenant_known(tenant):
+            return consent.error_page("Sign in", f"AADSTS90002: {_tenant_not_found(tenant)}")
+        client_id = request.arg("client_id") or ""
+        app = self.state.ms_app(client_id)
+        if app is None or not _tenant_matches(app, tenant):
+            return consent.error_page("Sign in", f"AADSTS700016: {_app_not_found(client_id, tenant)}")
+        redirect_uri = request.arg("redirect_uri") or ""
+        if not consent.is_loopback(redirect_uri):
+            return consent.error_page("Sign in", f"AADSTS50011: The redirect URI '{redirect_uri}' "
+                                      "specified in the request does not match the redirect URIs "
+                                      f"configured for the application '{client_id}'. The emulator "
+                                      "takes loopback addresses only: http://127.0.0.1:PORT/, "
+                                      "http://[::1]:PORT/ or http://localhost:PORT/.")
+        response_mode = request.arg("response_mode")
+        if response_mode not in (None, "", "query"):
+            # The answer could not reach the app the way it waits for it.
+            return consent.error_page("Sign in", f"The emulator answers with response_mode=query "
+                                      f"only, not {response_mode}.")
+        state = request.arg("state")
+        problem = self._authorize_problem(request)
+        if problem is not None:
+            error, code, description = problem
+            return consent.redirect(redirect_uri, [("error", error),
+                                                   ("error_description", f"AADSTS{code}: {description}"),
+                                                   ("state", state)])
+        authorization = Authorization(
+            "microsoft", client_id, redirect_uri, tuple((request.arg("scope") or "").split()), state,
+            request.arg("code_challenge") or "", login_hint=request.arg("login_hint") or None,
+            nonce=request.arg("nonce") or None, client_info=request.arg("client_info") == "1")
+        return self.consent.begin(request, authorization,
+                                  f"/{quote(tenant, safe='')}/oauth2/v2.0/authorize/decision")
+
+    @staticmethod
+    def _authorize_problem(request: Request) -> tuple[str, int, str] | None:
+        """(error, AADSTS code, description) for a request to turn down with a redirect."""
+        response_type = request.arg("response_type")
+        if response_type != "code":
+            return ("unsupported_response_type", 700051,
+                    f"response_type '{response_type or ''}' is not enabled for the application.")
+        scopes = (request.arg("scope") or "").split()
+        if not scopes:
+            return ("invalid_request", 900144, "The request body must contain the following "
+                    "parameter: 'scope'.")
+        _, resources = _split_scopes(scopes)
+        if set(resources) - {GRAPH}:
+            return ("invalid_scope", 70011, "The provided value for the input parameter 'scope' is "
+                    "not valid: the emulator knows Microsoft Graph's scopes only.")
+        problem = consent.challenge_problem(request.arg("code_challenge"),
+                                            request.arg("code_challenge_method"))
+        if problem is consent.ChallengeProblem.MISSING:
+            return ("invalid_request", 900144, "The request body must contain the following "
+                    "parameter: 'code_challenge'.")
+        if problem is consent.ChallengeProblem.METHOD:
+            return "invalid_request", 50149, "Invalid Code_Challenge_method parameter."
+        if problem is consent.ChallengeProblem.MALFORMED:
+            return "invalid_request", 501491, "Invalid size of Code_Challenge parameter."
+        return None
+
+    def _granted(self, authorization: Authorization, code: str, email: str) -> list[tuple[str, str | None]]:
+        params: list[tuple[str, str | None]] = [("code", code)]
+        app = self.state.ms_app(authorization.client_id)
+        if authorization.client_info and app is not None:
+            params.append(("client_info", _client_info(self.state.ms_user_id(email),
+                                                       ms_object_id(app.tenant))))
+        return [*params, ("state", authorization.state), ("session_state", str(uuid.uuid4()))]
+
+    @staticmethod
+    def _denied(authorization: Authorization) -> list[tuple[str, str | None]]:
+        return [("error", "access_denied"),
+                ("error_description", "AADSTS65004: User declined to consent to access the app."),
+                ("state", authorization.state)]
+
     def keys(self, request: Request) -> Response:
         # The emulator's id tokens are unsigned: there are no keys to publish.
         return json_response(200, {"keys": []})
@@ -374,10 +489,8 @@ class Microsoft:
     def token(self, request: Request) -> Response:
         tenant = request.params["tenant"]
         if not self.state.ms_tenant_known(tenant):
-            return aad_error(request, 400, "invalid_request", 90002, f"Tenant '{tenant}' not found. "
-                             "Check to make sure you have the correct tenant ID and are signing "
-                             "into the correct cloud.")
-        form = _form(request)
+            return aad_error(request, 400, "invalid_request", 90002, _tenant_not_found(tenant))
+        form = request.form()
         grant_type = form.get("grant_type")
         if not grant_type:
             return _missing(request, "grant_type")
@@ -386,13 +499,9 @@ class Microsoft:
             return _missing(request, "client_id")
         app = self.state.ms_app(client_id)
         if app is None or not _tenant_matches(app, tenant):
-            return aad_error(request, 400, "unauthorized_client", 700016, f"Application with "
-                             f"identifier '{client_id}' was not found in the directory '{tenant}'. "
-                             "This can happen if the application has not been installed by the "
-                             "administrator of the tenant or consented to by any user in the "
-                             "tenant. You may have sent your authentication request to the wrong "
-                             "tenant.")
-        if grant_type not in ("refresh_token", "client_credentials"):
+            return aad_error(request, 400, "unauthorized_client", 700016,
+                             _app_not_found(client_id, tenant))
+        if grant_type not in ("refresh_token", "client_credentials", "authorization_code"):
             return aad_error(request, 400, "unsupported_grant_type", 70003, "The app requested an "
                              f"unsupported grant type '{grant_type}'.")
         if not secret:
@@ -406,6 +515,8 @@ class Microsoft:
                              f"'{client_id}'.")
         if grant_type == "client_credentials":
             return self._client_credentials_grant(request, app, form.get("scope", ""))
+        if grant_type == "authorization_code":
+            return self._code_grant(request, app, form)
         return self._refresh_grant(request, app, form)
 
     def _client_credentials_grant(self, request: Request, app: MsApp, scope: str) -> Response:
@@ -426,12 +537,7 @@ class Microsoft:
         if not refresh_token:
             return _missing(request, "refresh_token")
         asked = form.get("scope", "").split()
-        reserved = [s for s in asked if s.lower() in _RESERVED_SCOPES]
-        resources: dict[str, list[str]] = {}
-        for scope in asked:
-            if scope.lower() not in _RESERVED_SCOPES:
-                resource, name = _resource_and_name(scope)
-                resources.setdefault(resource, []).append(name)
+        reserved, resources = _split_scopes(asked)
         if len(resources) > 1:
             return aad_error(request, 400, "invalid_scope", 28000, "Provided value for the input "
                              "parameter scope is not valid because it contains more than one "
@@ -447,21 +553,54 @@ class Microsoft:
         if isinstance(result, MsRefusal):
             return self._refused(request, result, app.client_id)
         access, new_refresh, token = result
+        return self._delegated_tokens(request, app, form, (access, new_refresh, token), reserved)
+
+    def _delegated_tokens(self, request: Request, app: MsApp, form: dict[str, str],
+                          minted: tuple[str, str | None, MsAccessToken], reserved: list[str],
+                          nonce: str | None = None) -> Response:
+        """Entra's answer with a user's tokens: for a refresh token and for a code alike."""
+        access, refresh, token = minted
         assert token.email is not None  # a delegated token
         body: dict[str, Any] = {
             "token_type": "Bearer",
-            "scope": " ".join([f"{audience}/{name}" for name in token.scopes] + reserved),
+            "scope": " ".join([f"{token.audience}/{name}" for name in token.scopes] + reserved),
             "expires_in": token.expires_in(),
             "ext_expires_in": token.expires_in(),
             "access_token": access,
-            "refresh_token": new_refresh,
         }
+        if refresh is not None:
+            body["refresh_token"] = refresh
         tenant_id, user_id = ms_object_id(app.tenant), self.state.ms_user_id(token.email)
         if "openid" in (s.lower() for s in reserved):
-            body["id_token"] = self._id_token(request, app, token.email, tenant_id, user_id)
+            body["id_token"] = self._id_token(request, app, token.email, tenant_id, user_id, nonce)
         if form.get("client_info") == "1":
-            body["client_info"] = _b64url(json.dumps({"uid": user_id, "utid": tenant_id}).encode())
+            body["client_info"] = _client_info(user_id, tenant_id)
         return json_response(200, body, [("Pragma", "no-cache")])
+
+    def _code_grant(self, request: Request, app: MsApp, form: dict[str, str]) -> Response:
+        code = form.get("code")
+        if not code:
+            return _missing(request, "code")
+        issued = self.state.redeem_code(code, "microsoft")
+        if isinstance(issued, CodeRefusal):
+            return _code_refused(request, issued)
+        refused = _code_mismatch(request, issued, app.client_id, form)
+        if refused is not None:
+            return refused
+        authorization = issued.authorization
+        reserved, resources = _split_scopes(authorization.scopes)
+        names = tuple(resources.get(GRAPH, ()))
+        if any(name.lower() == ".default" for name in names):
+            names = DEFAULT_DELEGATED_SCOPES
+        # The consent becomes a grant like ms_grant's, so refreshing works as for any other;
+        # without offline_access the app just never sees its refresh token.
+        first = self.state.ms_grant(app.client_id, issued.email, names)
+        result = self.state.ms_redeem(app.client_id, first, GRAPH, None, DEFAULT_DELEGATED_SCOPES)
+        assert not isinstance(result, MsRefusal)  # a grant made a moment ago
+        access, refresh, token = result
+        offline = "offline_access" in (s.lower() for s in reserved)
+        return self._delegated_tokens(request, app, form, (access, refresh if offline else None, token),
+                                      reserved, authorization.nonce)
 
     def _refused(self, request: Request, refusal: MsRefusal, client_id: str) -> Response:
         if refusal is MsRefusal.UNKNOWN_TOKEN:
@@ -481,18 +620,21 @@ class Microsoft:
                          f"parameter 'refresh_token' or 'assertion' is not valid: {reason}.")
 
     @staticmethod
-    def _id_token(request: Request, app: MsApp, email: str, tenant_id: str, user_id: str) -> str:
+    def _id_token(request: Request, app: MsApp, email: str, tenant_id: str, user_id: str,
+                  nonce: str | None = None) -> str:
         """An OpenID Connect id token, unsigned ("alg": "none"): MSAL reads its claims
-        without checking a signature, and the emulator publishes no keys."""
+        without checking a signature, and the emulator publishes no keys. The nonce of the
+        authorize request comes back in it: MSAL compares."""
         now = int(time.time())
-        claims = {"aud": app.client_id, "iss": f"{_base(request)}/{tenant_id}/v2.0", "iat": now,
-                  "nbf": now, "exp": now + 3600, "name": display_name(email), "oid": user_id,
-                  "preferred_username": email, "sub": _b64url(uuid.uuid5(uuid.UUID(user_id),
-                                                                         app.client_id).bytes),
-                  "tid": tenant_id, "ver": "2.0"}
-        header = {"typ": "JWT", "alg": "none"}
-        return (f"{_b64url(json.dumps(header).encode())}."
-                f"{_b64url(json.dumps(claims).encode())}.")
+        claims: dict[str, Any] = {
+            "aud": app.client_id, "iss": f"{_base(request)}/{tenant_id}/v2.0", "iat": now,
+            "nbf": now, "exp": now + 3600, "name": display_name(email), "oid": user_id,
+            "preferred_username": email,
+            "sub": consent.b64url(uuid.uuid5(uuid.UUID(user_id), app.client_id).bytes),
+            "tid": tenant_id, "ver": "2.0"}
+        if nonce is not None:
+            claims["nonce"] = nonce
+        return consent.unsigned_jwt(claims)
 
     # --- Graph: who is calling, for whom -----------------------------------------------
 
@@ -829,6 +971,43 @@ class Microsoft:
                 return graph_json(request, 200, graph_mail.project(
                     item, request.arg("$select"), request.arg("$expand")))
         return _not_found(request)
+
+
+def _client_info(user_id: str, tenant_id: str) -> str:
+    """Entra's client_info: the user's and tenant's ids, which MSAL keys its cache by."""
+    return consent.b64url(json.dumps({"uid": user_id, "utid": tenant_id}).encode())
+
+
+def _code_refused(request: Request, refusal: CodeRefusal) -> Response:
+    if refusal is CodeRefusal.REDEEMED:
+        return aad_error(request, 400, "invalid_grant", 54005, "OAuth2 Authorization code was "
+                         "already redeemed, please retry with a new valid code or use an existing "
+                         "refresh token.")
+    if refusal is CodeRefusal.EXPIRED:
+        return aad_error(request, 400, "invalid_grant", 70008, "The provided authorization code or "
+                         "refresh token has expired due to inactivity. Send a new interactive "
+                         "authorization request for this user and resource.")
+    return aad_error(request, 400, "invalid_grant", 9002313, "Invalid request. Request is malformed "
+                     "or invalid.")
+
+
+def _code_mismatch(request: Request, issued: IssuedCode, client_id: str,
+                   form: dict[str, str]) -> Response | None:
+    """Why a live code does not buy tokens for this request: another app, another
+    redirect URI, or a verifier that does not fit the challenge (PKCE)."""
+    authorization = issued.authorization
+    if authorization.client_id != client_id:
+        return aad_error(request, 400, "invalid_grant", 70000, "The provided value for the input "
+                         "parameter 'code' is not valid: it was issued to another application.")
+    redirect_uri = form.get("redirect_uri", "")
+    if redirect_uri != authorization.redirect_uri:
+        return aad_error(request, 400, "invalid_grant", 500112, f"The reply address '{redirect_uri}' "
+                         "does not match the reply address "
+                         f"'{authorization.redirect_uri}' provided when requesting Authorization code.")
+    if not consent.verifier_matches(form.get("code_verifier", ""), authorization.code_challenge):
+        return aad_error(request, 400, "invalid_grant", 501481, "The Code_Verifier does not match "
+                         "the code_challenge supplied in the authorization request.")
+    return None
 
 
 def _missing(request: Request, parameter: str) -> Response:

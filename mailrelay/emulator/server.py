@@ -60,6 +60,14 @@ class Request:
         """The body as JSON; ValueError when it is not."""
         return json.loads(self.body.decode("utf-8")) if self.body.strip() else {}
 
+    def form(self) -> dict[str, str]:
+        """The body as form fields (first value of each); {} when it is not a form."""
+        try:
+            parsed = parse_qs(self.body.decode("utf-8"), keep_blank_values=True)
+        except ValueError:
+            return {}
+        return {key: values[0] for key, values in parsed.items()}
+
 
 
 def oauth_client(request: Request, form: dict[str, str]) -> tuple[str | None, str | None]:
@@ -216,11 +224,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
         endpoint = route.endpoint if route else "method_not_allowed" if other_method else "not_found"
         with self.server.state.track(endpoint):
             response = self._respond(route, params, split.path, split.query, other_method)
+            status = "dropped" if response is None or response.drop else str(response.status)
+            # Logged before the response goes out: a client that reads the log right after its
+            # answer arrives must find the line there.
+            self.server.log(f"{self.command} {split.path}{_query_for_log(split.query)} {status} "
+                            f"{endpoint} {(time.monotonic() - started) * 1000:.0f}ms")
             if response is not None:
                 self._write(response)
-        status = "dropped" if response is None or response.drop else str(response.status)
-        self.server.log(f"{self.command} {split.path}{_query_for_log(split.query)} {status} "
-                        f"{endpoint} {(time.monotonic() - started) * 1000:.0f}ms")
 
     def _respond(self, route: Route | None, params: dict[str, str], path: str, query: str,
                  other_method: bool) -> Response | None:

@@ -28,6 +28,13 @@ DEFAULT_SCOPE = "https://mail.google.com/"
 # attachment upload session lives.
 GRAPH_CONCURRENCY_LIMIT = 4
 UPLOAD_SESSION_TTL = 24 * 3600
+# Consent: how long a sign-in page waits for its answer, and an authorization code for
+# its redemption (Google and Entra both give a code ten minutes).
+AUTHORIZATION_TTL = 600
+CODE_TTL = 600
+# What each provider's authorization codes look like, so that a log or a test shows at
+# a glance whose code it holds.
+_CODE_PREFIXES = {"google": "4/0A", "microsoft": "1.AXoA"}
 # Namespace for the stable object ids the emulator gives Entra users and tenants.
 _MS_IDS = uuid.UUID("6f1e3a52-4d0b-4c1e-9a57-6d1d3c0e9b11")
 _MS_PSEUDO_TENANTS = frozenset({"common", "organizations"})
@@ -90,6 +97,54 @@ class Delivery:
     keep_sent: bool = True  # Graph's saveToSentItems
     sent_graph: dict[str, Any] | None = None  # the sender's copy as Graph shows it
     received_graph: dict[str, Any] | None = None  # and the recipients'
+
+
+# --- consent (authorization code with PKCE) --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Authorization:
+    """An authorization request as the provider checked it: what the sign-in page shows,
+    and what the code issued for it is bound to. Kept server-side, so nothing the
+    browser posts back can change the redirect or the challenge."""
+
+    provider: str  # "google" or "microsoft"
+    client_id: str
+    redirect_uri: str
+    scopes: tuple[str, ...]
+    state: str | None
+    code_challenge: str
+    login_hint: str | None = None
+    nonce: str | None = None  # OpenID Connect: comes back in the id token
+    offline: bool = False  # Google: access_type=offline, the only way to a refresh token
+    client_info: bool = False  # Entra: client_info=1, answered with the user's ids
+
+
+@dataclass(frozen=True)
+class IssuedCode:
+    authorization: Authorization
+    email: str  # who signed in and consented
+
+
+class CodeRefusal(Enum):
+    """Why an authorization code was not redeemed."""
+
+    UNKNOWN = "unknown"  # never issued (or long forgotten), or another provider's
+    REDEEMED = "redeemed"  # a code works once
+    EXPIRED = "expired"
+
+
+@dataclass
+class _PendingAuthorization:
+    authorization: Authorization
+    expires_at: float
+
+
+@dataclass
+class _HeldCode:
+    issued: IssuedCode
+    expires_at: float
+    redeemed: bool = False
 
 
 # --- Microsoft ----------------------------------------------------------------------
@@ -226,6 +281,9 @@ class State:
         self._access: dict[str, AccessToken] = {}
         self._ttl = DEFAULT_ACCESS_TOKEN_TTL
         self._clear_traffic()
+        self._pending: dict[str, _PendingAuthorization] = {}  # request id -> authorize request
+        self._codes: dict[str, _HeldCode] = {}
+        self._consent_email: str | None = None
         # In flight now: kept across resets, or a request running during a reset
         # would leave its counter below zero when it ends.
         self._active: Counter[str] = Counter()
@@ -255,6 +313,15 @@ class State:
     def register_client(self, client_id: str, client_secret: str) -> None:
         with self._lock:
             self._clients[client_id] = client_secret
+
+    def client_registered(self, client_id: str) -> bool:
+        with self._lock:
+            return client_id in self._clients
+
+    def client_authentic(self, client_id: str, client_secret: str) -> bool:
+        with self._lock:
+            known = self._clients.get(client_id)
+            return known is not None and secrets.compare_digest(known, client_secret)
 
     def grant(self, client_id: str, email: str, scope: str | None = None) -> str:
         """A refresh token for ``email`` through ``client_id``; KeyError if no such client."""
@@ -331,6 +398,78 @@ class State:
         with self._lock:
             grant = self._grants.get(refresh_token)
             return None if grant is None else grant.email
+
+    # --- consent ----------------------------------------------------------------------
+
+    @property
+    def consent_email(self) -> str | None:
+        with self._lock:
+            return self._consent_email
+
+    def set_consent_email(self, email: str | None) -> None:
+        """Who signs in on a sign-in page without a login_hint (auto=1 included)."""
+        with self._lock:
+            self._consent_email = None if email is None else email.lower()
+
+    def open_authorization(self, authorization: Authorization) -> str:
+        """Keep an authorization request until the person answers; its random id."""
+        request_id = secrets.token_urlsafe(24)
+        now = time.time()
+        with self._lock:
+            # Abandoned pages would pile up otherwise: drop the expired ones now.
+            for old in [k for k, v in self._pending.items() if v.expires_at <= now]:
+                del self._pending[old]
+            self._pending[request_id] = _PendingAuthorization(authorization, now + AUTHORIZATION_TTL)
+        return request_id
+
+    def _live_authorization(self, request_id: str, provider: str) -> Authorization | None:
+        held = self._pending.get(request_id)
+        if held is None or held.expires_at <= time.time() or held.authorization.provider != provider:
+            return None
+        return held.authorization
+
+    def pending_authorization(self, request_id: str, provider: str) -> Authorization | None:
+        """The live authorization request with this id, left in place."""
+        with self._lock:
+            return self._live_authorization(request_id, provider)
+
+    def take_authorization(self, request_id: str, provider: str) -> Authorization | None:
+        """The live authorization request with this id, removed: a page is answered once."""
+        with self._lock:
+            found = self._live_authorization(request_id, provider)
+            if found is not None:
+                del self._pending[request_id]
+            return found
+
+    def issue_code(self, authorization: Authorization, email: str) -> str:
+        """A new authorization code for ``email``'s consent to the request."""
+        now = time.time()
+        code = _CODE_PREFIXES[authorization.provider] + secrets.token_urlsafe(48)
+        with self._lock:
+            # Redeemed and expired codes are kept a while to be named as such, then dropped.
+            for old in [k for k, v in self._codes.items() if v.expires_at + CODE_TTL <= now]:
+                del self._codes[old]
+            self._codes[code] = _HeldCode(IssuedCode(authorization, email.lower()), now + CODE_TTL)
+        return code
+
+    def redeem_code(self, code: str, provider: str) -> IssuedCode | CodeRefusal:
+        """What the code was issued for; the first attempt uses it up, passed or failed,
+        so that a stolen code cannot be tried again and again."""
+        with self._lock:
+            held = self._codes.get(code)
+            if held is None or held.issued.authorization.provider != provider:
+                return CodeRefusal.UNKNOWN
+            if held.redeemed:
+                return CodeRefusal.REDEEMED
+            held.redeemed = True
+            if held.expires_at <= time.time():
+                return CodeRefusal.EXPIRED
+            return held.issued
+
+    def code_owner(self, code: str) -> str | None:
+        with self._lock:
+            held = self._codes.get(code)
+            return None if held is None else held.issued.email
 
     # --- mail -------------------------------------------------------------------------
 
@@ -667,7 +806,8 @@ class State:
 
     def reset(self, *, everything: bool = False) -> None:
         """Forget faults, counters, messages, drafts and upload sessions; with
-        ``everything`` also clients, apps, grants, tokens and settings."""
+        ``everything`` also clients, apps, grants, tokens, settings, consent pages
+        waiting for an answer and authorization codes."""
         self.faults.clear()
         with self._lock:
             self._clear_traffic()
@@ -681,3 +821,6 @@ class State:
                 self._ms_access.clear()
                 self._ms_users.clear()
                 self._ms_strict_rotation = False
+                self._pending.clear()
+                self._codes.clear()
+                self._consent_email = None

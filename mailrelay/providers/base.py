@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from mailrelay.auth.credentials import Credentials
 from mailrelay.auth.tokens import TokenGrant
 from mailrelay.errors import MailrelayError, ProviderError
 from mailrelay.message import Message
+
+if TYPE_CHECKING:
+    from mailrelay.auth.consent import ConsentFlow
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,24 @@ class ProviderAdapter:
     # Which secrets `accounts add` asks for: "client_secret", "refresh_token".
     account_secrets: ClassVar[tuple[str, ...]] = ()
 
+    # Whether `mailrelay auth connect` can connect a mailbox of this provider by consent.
+    supports_consent: ClassVar[bool] = False
+    # The tenant an account gets when none is given (Entra ID: "common").
+    default_tenant: ClassVar[str | None] = None
+
     def check_account(self, *, client_id: str | None, tenant: str | None, app_only: bool) -> None:
         """Refuse account settings this provider cannot use (ValidationError); default: any."""
+
+    def consent_flow(self, *, client_id: str, client_secret: str, tenant: str | None,
+                     redirect_uri: str, login_hint: str) -> ConsentFlow:
+        """The authorization request of a consent (providers with ``supports_consent``)."""
+        raise self._missing("consent_flow")
+
+    def probe(self, account: Credentials, tokens: TokenSource | None) -> str | None:
+        """Use, without sending, what sending needs (the mailbox, the lookup scope); the
+        signed-in mailbox's address when the provider tells it. Raises ProviderError.
+        Default: nothing to probe beyond the token."""
+        return None
 
     def send(self, out: Outbound, tokens: TokenSource | None = None) -> SendResult:
         """Send once. Raises ProviderError only; ``sent_unknown`` says the send may have happened."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import google.auth.exceptions
 import google.auth.transport.requests
@@ -37,6 +37,9 @@ from mailrelay.errors import ProviderError
 from mailrelay.message import build_mime
 from mailrelay.providers.base import Capabilities, Outbound, SendResult, TokenSource
 from mailrelay.providers.http import AuthRejected, HttpAdapter, retry_after, summary
+
+if TYPE_CHECKING:
+    from mailrelay.auth.consent import ConsentFlow
 
 SCOPES = ("https://www.googleapis.com/auth/gmail.send",
           "https://www.googleapis.com/auth/gmail.readonly")
@@ -64,6 +67,7 @@ class _TimedRequest(google.auth.transport.requests.Request):
 
 class GmailAdapter(HttpAdapter):
     name = "gmail"
+    supports_consent = True
     capabilities = Capabilities(
         max_recipients=500,
         max_message_bytes=35 * 1024 * 1024,
@@ -119,6 +123,29 @@ class GmailAdapter(HttpAdapter):
         found = self.with_token(tokens, lookup).json().get("messages") or []
         return str(found[0]["id"]) if found else None
 
+    # -- accounts ------------------------------------------------------------------------
+    def probe(self, account: Credentials, tokens: TokenSource | None) -> str | None:
+        """The profile (who the grant belongs to), then the lookup that exactly-once needs."""
+        def profile(token: str) -> requests.Response:
+            return self.call("GET", f"{self.base}/gmail/v1/users/me/profile", token=token,
+                             sends=False)
+
+        def lookup(token: str) -> requests.Response:
+            return self.call("GET", f"{self.base}/gmail/v1/users/me/messages", token=token,
+                             sends=False, params={"q": "rfc822msgid:probe@mailrelay.invalid",
+                                                  "maxResults": 1})
+
+        address = str(self.with_token(tokens, profile).json().get("emailAddress", ""))
+        self.with_token(tokens, lookup)
+        return address or None
+
+    def consent_flow(self, *, client_id: str, client_secret: str, tenant: str | None,
+                     redirect_uri: str, login_hint: str) -> ConsentFlow:
+        from mailrelay.auth.google_consent import GoogleConsent
+
+        return GoogleConsent(client_id=client_id, client_secret=client_secret,
+                             redirect_uri=redirect_uri, login_hint=login_hint, scopes=SCOPES)
+
     # -- errors --------------------------------------------------------------------------
     def error_for(self, response: requests.Response) -> ProviderError:
         status = response.status_code
@@ -132,7 +159,8 @@ class GmailAdapter(HttpAdapter):
         detail = (message or summary(response))[:200]
 
         def fail(code: str) -> ProviderError:
-            return ProviderError(code, detail, provider=self.name, status=status, retry_after=wait)
+            return ProviderError(code, detail, provider=self.name, status=status, retry_after=wait,
+                                 reason=min(reasons) if reasons else None)
 
         if status == 429 or (status == 403 and reasons & RATE_REASONS):
             return fail("rate_limited")
@@ -176,10 +204,10 @@ def _refresh_error(err: google.auth.exceptions.RefreshError) -> ProviderError:
     error = str(data.get("error", ""))
     if error == "invalid_grant":
         return ProviderError("auth_revoked", "the refresh token is revoked or expired",
-                             provider="gmail", status=400)
+                             provider="gmail", status=400, reason=error)
     if error in ("invalid_client", "unauthorized_client"):
         return ProviderError("invalid_credentials", f"token endpoint said {error}",
-                             provider="gmail", status=401)
+                             provider="gmail", status=401, reason=error)
     if getattr(err, "retryable", False):
         return ProviderError("provider_unavailable", "token endpoint failed", provider="gmail")
     return ProviderError("provider_rejected", f"token endpoint said {error or 'no'}",

@@ -34,7 +34,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msal
 import requests
@@ -46,6 +46,9 @@ from mailrelay.errors import ProviderError
 from mailrelay.message import Attachment, Mailbox
 from mailrelay.providers.base import Capabilities, Outbound, SendResult, TokenSource
 from mailrelay.providers.http import HttpAdapter, retry_after, summary
+
+if TYPE_CHECKING:
+    from mailrelay.auth.consent import ConsentFlow
 
 GRAPH = "https://graph.microsoft.com"
 DELEGATED_SCOPES = [f"{GRAPH}/Mail.Send", f"{GRAPH}/Mail.ReadWrite"]
@@ -104,6 +107,8 @@ def _split(parts: list[Attachment]) -> tuple[list[Attachment], list[Attachment]]
 
 class MicrosoftAdapter(HttpAdapter):
     name = "microsoft"
+    supports_consent = True
+    default_tenant = "common"
     capabilities = Capabilities(
         max_recipients=500,
         max_message_bytes=150 * 1024 * 1024,
@@ -209,6 +214,27 @@ class MicrosoftAdapter(HttpAdapter):
         found = self.with_token(tokens, lookup).json().get("value") or []
         return str(found[0]["id"]) if found else None
 
+    # -- accounts ------------------------------------------------------------------------
+    def probe(self, account: Credentials, tokens: TokenSource | None) -> str | None:
+        """Read the mailbox's Sent Items, as the "already sent?" lookup does: the scope, the
+        mailbox (MailboxNotEnabledForRESTAPI) and, app-only, the access policy show here."""
+        mailbox = f"/users/{account.address}" if account.app_only else "/me"
+
+        def sent_items(token: str) -> requests.Response:
+            return self.call("GET", f"{self.base}{mailbox}/mailFolders/SentItems/messages",
+                             token=token, sends=False, params={"$top": "1", "$select": "id"})
+
+        self.with_token(tokens, sent_items)
+        return None  # the signed-in user was checked at consent (ID token)
+
+    def consent_flow(self, *, client_id: str, client_secret: str, tenant: str | None,
+                     redirect_uri: str, login_hint: str) -> ConsentFlow:
+        from mailrelay.auth.microsoft_consent import MicrosoftConsent
+
+        return MicrosoftConsent(client_id=client_id, client_secret=client_secret,
+                                tenant=tenant or "common", redirect_uri=redirect_uri,
+                                login_hint=login_hint, scopes=tuple(DELEGATED_SCOPES))
+
     # -- errors --------------------------------------------------------------------------
     def error_for(self, response: requests.Response) -> ProviderError:
         status = response.status_code
@@ -231,7 +257,8 @@ class MicrosoftAdapter(HttpAdapter):
         else:
             mapped = "provider_rejected"
         detail = f"{code}: {message}"[:200] if code else summary(response)
-        return ProviderError(mapped, detail, provider=self.name, status=status, retry_after=wait)
+        return ProviderError(mapped, detail, provider=self.name, status=status, retry_after=wait,
+                             reason=code or None)
 
     # -- tokens --------------------------------------------------------------------------
     def refresh(self, account: Credentials) -> TokenGrant:
@@ -253,7 +280,7 @@ class MicrosoftAdapter(HttpAdapter):
                                 provider=self.name) from err
         except ValueError as err:  # MSAL: the authority's configuration is unusable
             raise ProviderError("invalid_credentials", "the tenant's authority is unusable",
-                                provider=self.name) from err
+                                provider=self.name, reason="unknown_tenant") from err
         if "access_token" not in result:
             raise _token_error(result)
         return TokenGrant(access_token=str(result["access_token"]),
@@ -277,12 +304,15 @@ class MicrosoftAdapter(HttpAdapter):
 def _token_error(result: dict[str, Any]) -> ProviderError:
     error = str(result.get("error", ""))
     codes = result.get("error_codes") or []
+    # AADSTS numbers say more than the OAuth error (90002: no such tenant; 700016: the
+    # app is not in this tenant; 65001: not consented; 50173: grant revoked).
+    reason = f"AADSTS{codes[0]}" if codes else error or None
     if error == "invalid_grant":
         return ProviderError("auth_revoked", f"token endpoint said invalid_grant {codes}"[:120],
-                             provider="microsoft", status=400)
+                             provider="microsoft", status=400, reason=reason)
     if error in ("invalid_client", "unauthorized_client"):
         return ProviderError("invalid_credentials", f"token endpoint said {error} {codes}"[:120],
-                             provider="microsoft", status=401)
+                             provider="microsoft", status=401, reason=reason)
     if error in ("temporarily_unavailable", "server_error"):
         return ProviderError("provider_unavailable", f"token endpoint said {error}",
                              provider="microsoft")

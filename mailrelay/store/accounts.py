@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailrelay import providers
@@ -15,7 +15,7 @@ from mailrelay.auth import crypto
 from mailrelay.auth.credentials import Credentials
 from mailrelay.errors import ValidationError
 from mailrelay.store.db import db_errors, get_engine
-from mailrelay.store.models import ACCOUNTS, MESSAGES
+from mailrelay.store.models import ACCOUNTS, AUDIT, MESSAGES
 from mailrelay.store.outbox import utcnow
 
 accounts = ACCOUNTS
@@ -41,12 +41,14 @@ def normalize_address(address: str) -> str:
 
 def add(provider: str, address: str, *, client_id: str | None = None, tenant: str | None = None,
         app_only: bool = False, rate_limit_per_minute: int | None = None,
-        client_secret: str | None = None, refresh_token: str | None = None) -> dict[str, Any]:
+        client_secret: str | None = None, refresh_token: str | None = None,
+        html_policy: str | None = None) -> dict[str, Any]:
     providers.queue_for(provider)  # unknown provider: ValidationError with a hint
     now = utcnow()
     row = {"address": normalize_address(address), "provider": provider, "state": "active",
            "client_id": client_id, "tenant": tenant, "app_only": app_only,
-           "rate_limit_per_minute": rate_limit_per_minute, "created_at": now, "updated_at": now,
+           "rate_limit_per_minute": rate_limit_per_minute, "html_policy": html_policy,
+           "created_at": now, "updated_at": now,
            "consecutive_failures": 0,
            "client_secret_enc": crypto.encrypt(client_secret) if client_secret else None,
            "refresh_token_enc": crypto.encrypt(refresh_token) if refresh_token else None}
@@ -100,17 +102,30 @@ def store_refresh_token(account_id: int, refresh_token: str) -> None:
 
 
 def replace_secrets(address: str, *, client_secret: str | None, refresh_token: str | None) -> int:
-    """Store new secrets (a reconnect, or a key nobody holds any more); returns the account id."""
+    """Store new secrets (a key nobody holds any more); returns the account id."""
+    return _renew(address, client_secret_enc=crypto.encrypt(client_secret) if client_secret else None,
+                  refresh_token_enc=crypto.encrypt(refresh_token) if refresh_token else None)
+
+
+def reconnect(address: str, *, client_id: str, tenant: str | None, client_secret: str,
+              refresh_token: str) -> int:
+    """A new grant from consent for an existing account: new client, secrets, state active,
+    failures forgotten. Returns the account id."""
+    return _renew(address, client_id=client_id, tenant=tenant, app_only=False,
+                  client_secret_enc=crypto.encrypt(client_secret),
+                  refresh_token_enc=crypto.encrypt(refresh_token), consecutive_failures=0)
+
+
+def _renew(address: str, **values: Any) -> int:
+    """Give the account new secrets and make it active again; returns its id."""
     address = address.lower()
     with db_errors(), get_engine().begin() as conn:
         found = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).scalar()
         if found is None:
             raise AccountNotFound(f"no account {address}")
-        conn.execute(update(accounts).where(accounts.c.id == found).values(
-            client_secret_enc=crypto.encrypt(client_secret) if client_secret else None,
-            refresh_token_enc=crypto.encrypt(refresh_token) if refresh_token else None,
-            state="active", updated_at=utcnow()))
-    _forget_tokens(int(found))  # a reconnect lifts the revocation tombstone
+        conn.execute(update(accounts).where(accounts.c.id == found)
+                     .values(state="active", updated_at=utcnow(), **values))
+    _forget_tokens(int(found))  # lifts the revocation tombstone, drops the old access token
     return int(found)
 
 
@@ -119,6 +134,25 @@ def set_server(address: str, server: str) -> None:
     with db_errors(), get_engine().begin() as conn:
         conn.execute(update(accounts).where(accounts.c.address == address.lower())
                      .values(tenant=server, updated_at=utcnow()))
+
+
+def resume_parked(account_id: int) -> list[tuple[str, str]]:
+    """Make the messages parked on a revoked grant due now; their (id, provider) pairs,
+    for the caller to enqueue (the reconciler would find them too, a minute later)."""
+    from mailrelay.retry import PARKED_CODE
+
+    m = MESSAGES.c
+    now = utcnow()
+    parked = and_(m.account_id == account_id, m.state == "retrying", m.error_code == PARKED_CODE)
+    with db_errors(), get_engine().begin() as conn:
+        rows = conn.execute(select(m.id, m.provider).where(parked)).all()
+        if rows:
+            conn.execute(update(MESSAGES).where(parked).values(next_attempt_at=now))
+            conn.execute(insert(AUDIT), [
+                {"message_id": row.id, "at": now, "actor": "reconnect", "action": "resume",
+                 "from_state": "retrying", "to_state": "retrying",
+                 "reason": "account reconnected; parked message due now"} for row in rows])
+    return [(row.id, row.provider) for row in rows]
 
 
 def record_refresh(account_id: int, at: dt.datetime | None = None) -> None:
@@ -186,4 +220,40 @@ def public(row: dict[str, Any]) -> dict[str, Any]:
             "created_at": iso(row.get("created_at")),
             "last_success_at": iso(row.get("last_success_at")),
             "last_refresh_at": iso(row.get("last_refresh_at")),
-            "consecutive_failures": row.get("consecutive_failures", 0)}
+            "consecutive_failures": row.get("consecutive_failures", 0),
+            "last_failure_at": iso(row.get("last_failure_at")),
+            "last_error_code": row.get("last_error_code"),
+            "last_error_detail": row.get("last_error_detail"),
+            "html_policy": row.get("html_policy")}
+
+
+def health(address: str) -> dict[str, Any]:
+    with db_errors(), get_engine().connect() as conn:
+        row = conn.execute(select(accounts).where(accounts.c.address == address.lower())).mappings().first()
+    if row is None:
+        raise AccountNotFound(f"no account {address}")
+    return public(dict(row))
+
+
+UNSET: Any = object()
+
+
+def configure(address: str, *, rate_limit_per_minute: int | None = UNSET,
+              html_policy: str | None = UNSET) -> dict[str, Any]:
+    """Per-account settings; None goes back to the default, UNSET leaves one as it is."""
+    values: dict[str, Any] = {}
+    if rate_limit_per_minute is not UNSET:
+        values["rate_limit_per_minute"] = rate_limit_per_minute
+    if html_policy is not UNSET:
+        if html_policy not in (None, "off", "sanitize"):
+            raise ValueError(f"unknown HTML policy {html_policy!r}")
+        values["html_policy"] = html_policy
+    with db_errors(), get_engine().begin() as conn:
+        done = conn.execute(update(accounts).where(accounts.c.address == address.lower())
+                            .values(updated_at=utcnow(), **values)).rowcount
+    if not done:
+        raise AccountNotFound(f"no account {address}")
+    from mailrelay.auth.credentials import forget
+
+    forget(address.lower())
+    return health(address)

@@ -87,7 +87,13 @@ class Account(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     last_success_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_refresh_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Attempts that ended without a send since the last one that sent.
     consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+    last_error_detail: Mapped[str | None] = mapped_column(Text)
+    # "off" or "sanitize"; NULL follows MAILRELAY_HTML_POLICY.
+    html_policy: Mapped[str | None] = mapped_column(String(16))
 
 
 class MessageRow(Base):
@@ -131,6 +137,8 @@ class MessageRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # How many things sanitizing removed from the producer's HTML; NULL if not sanitized.
+    html_removed: Mapped[int | None] = mapped_column(Integer)
 
 
 class Attempt(Base):

@@ -42,6 +42,7 @@ class AccountRef:
     address: str
     provider: str
     state: str
+    html_policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ def _audit(conn: Connection, message_id: str | None, actor: str, action: str, *,
 def find_account(address: str) -> AccountRef | None:
     with db_errors(), get_engine().connect() as conn:
         row = conn.execute(
-            select(accounts.c.id, accounts.c.address, accounts.c.provider, accounts.c.state)
+            select(accounts.c.id, accounts.c.address, accounts.c.provider, accounts.c.state,
+                   accounts.c.html_policy)
             .where(accounts.c.address == address.lower())
         ).first()
     return AccountRef(*row) if row else None
@@ -119,15 +121,18 @@ def _raw_payload(raw: object) -> str | None:
 
 
 def accept(message: Message, account: AccountRef, *, request_id: str | None, actor: str,
-           size_bytes: int) -> IntakeResult:
+           size_bytes: int, content_hash: str | None = None,
+           html_removed: int | None = None) -> IntakeResult:
     """Persist an accepted message as `queued`, or return the earlier one it repeats.
 
+    ``content_hash`` identifies the producer's content for idempotency (default: the hash
+    of ``message``; intake passes the hash from before its content policy changed it).
     Raises ValidationError(idempotency_conflict) when the key names other content; the
     caller stores that as a rejection.
     """
     now = utcnow()
     message_id = str(uuid.uuid4())
-    content_hash = message.content_hash()
+    content_hash = content_hash or message.content_hash()
     values = {
         "id": message_id, "request_id": request_id, "account_id": account.id,
         "from_address": message.sender.address.lower(), "provider": account.provider,
@@ -137,6 +142,7 @@ def accept(message: Message, account: AccountRef, *, request_id: str | None, act
         "payload": json.dumps(message.to_payload(), separators=(",", ":")),
         "size_bytes": size_bytes, "recipient_count": len(message.recipients),
         "attempt_count": 0, "verify_before_send": False, "created_at": now, "updated_at": now,
+        "html_removed": html_removed,
     }
     for _ in range(2):  # a concurrent twin may win the insert; the second pass finds it
         try:
@@ -309,6 +315,7 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
             finished_at=now, outcome=attempt_outcome, error_code=outcome.code, detail=detail,
             latency_ms=latency_ms))
         if moved:
+            _record_health(conn, claim.message_id, outcome, now)
             _audit(conn, claim.message_id, claim.owner, "finish", now=now,
                    from_state=State.SENDING, to_state=outcome.state, code=outcome.code,
                    reason=outcome.note)
@@ -316,6 +323,22 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
             _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=outcome.code,
                    reason=lost_reason)
     return bool(moved)
+
+
+def _record_health(conn: Connection, message_id: str, outcome: Outcome, now: dt.datetime) -> None:
+    """The account's health after an attempt; the same rules as pg_fastpath's ``health``."""
+    a = accounts.c
+    owner = select(messages.c.account_id).where(messages.c.id == message_id).scalar_subquery()
+    if outcome.state is State.SENT:
+        stale = now - dt.timedelta(seconds=pg_fastpath.SUCCESS_STAMP_SECONDS)
+        conn.execute(update(accounts).where(
+            a.id == owner,
+            or_(a.consecutive_failures != 0, a.last_success_at.is_(None), a.last_success_at < stale),
+        ).values(last_success_at=now, consecutive_failures=0))
+    else:
+        conn.execute(update(accounts).where(a.id == owner).values(
+            consecutive_failures=a.consecutive_failures + 1, last_failure_at=now,
+            last_error_code=outcome.code, last_error_detail=outcome.detail))
 
 
 @dataclass(frozen=True)
@@ -356,6 +379,7 @@ def status(message_id: str) -> dict[str, Any] | None:
         "error_detail": msg.error_detail, "provider": msg.provider, "account": msg.from_address,
         "message_id_header": msg.rfc822_message_id, "provider_message_id": msg.provider_message_id,
         "idempotency_key": msg.idempotency_key, "size_bytes": msg.size_bytes,
+        "html_removed": msg.html_removed,
         "recipient_count": msg.recipient_count, "attempt_count": msg.attempt_count,
         "created_at": _iso(msg.created_at), "updated_at": _iso(msg.updated_at),
         "sent_at": _iso(msg.sent_at), "next_attempt_at": _iso(msg.next_attempt_at),

@@ -14,6 +14,11 @@ import datetime as dt
 
 from sqlalchemy import Connection
 
+# A send that succeeds rewrites its account's last_success_at only when the stored one is
+# older than this: under load, one account row written every few seconds instead of by
+# every send (each such write would queue the account's workers behind one row lock).
+SUCCESS_STAMP_SECONDS = 5
+
 CLAIM_SQL = """
 PREPARE mailrelay_claim(text, text, timestamp, timestamp, text, text) AS
 WITH claimed AS (
@@ -54,7 +59,18 @@ WITH moved AS (
         provider_message_id = CASE WHEN $10 THEN $11 ELSE provider_message_id END,
         sent_at = CASE WHEN $10 THEN $5 ELSE sent_at END
     WHERE id = $1 AND state = 'sending' AND lease_owner = $2
-    RETURNING id
+    RETURNING id, account_id
+), health AS (
+    UPDATE accounts AS a
+    SET last_success_at = CASE WHEN $10 THEN $5 ELSE a.last_success_at END,
+        consecutive_failures = CASE WHEN $10 THEN 0 ELSE a.consecutive_failures + 1 END,
+        last_failure_at = CASE WHEN $10 THEN a.last_failure_at ELSE $5 END,
+        last_error_code = CASE WHEN $10 THEN a.last_error_code ELSE $7 END,
+        last_error_detail = CASE WHEN $10 THEN a.last_error_detail ELSE $8 END
+    FROM moved
+    WHERE a.id = moved.account_id
+      AND (NOT $10 OR a.consecutive_failures <> 0 OR a.last_success_at IS NULL
+           OR a.last_success_at < $5 - interval 'SUCCESS_STAMP_SECONDS seconds')
 ), closed AS (
     UPDATE attempts SET finished_at = $5, outcome = $12, error_code = $7, detail = $13,
                         latency_ms = $14
@@ -67,7 +83,7 @@ WITH moved AS (
     WHERE NOT EXISTS (SELECT 1 FROM moved)
 )
 SELECT count(*) FROM moved
-"""
+""".replace("SUCCESS_STAMP_SECONDS", str(SUCCESS_STAMP_SECONDS))
 
 CLAIM = ("EXECUTE mailrelay_claim(%(message_id)s, %(owner)s, %(expires)s, %(now)s, "
          "%(attempt_id)s, %(worker)s)")

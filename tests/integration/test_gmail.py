@@ -99,20 +99,33 @@ def test_a_herd_meeting_an_expired_token_refreshes_once(
     assert all((outbox.status(i) or {})["attempt_count"] == 1 for i in ids)
 
 
-def test_a_revoked_grant_fails_fast_after_the_first_message(
+def _parked(message_id: str) -> dict[str, Any]:
+    def settled() -> bool:
+        info = outbox.status(message_id) or {}
+        return (info.get("state"), info.get("error_code")) == ("retrying", "auth_revoked")
+
+    wait_for(settled, 60, f"message {message_id} to be parked")
+    info = outbox.status(message_id)
+    assert info is not None
+    return info
+
+
+def test_a_revoked_grant_parks_messages_without_asking_again(
         emulator: EmulatorHandle, gmail_worker: Worker) -> None:
     emulator.client.revoke(email=SENDER)
-    first = final(submit(message()).message_id)
-    assert (first["state"], first["error_code"]) == ("failed", "auth_revoked")
+    first = _parked(submit(message()).message_id)
     assert len(first["attempts"]) == 1
+    # Parked until the retry window closes (or a reconnect resumes it): no countdown.
+    assert dt.datetime.fromisoformat(first["next_attempt_at"]) > (
+        dt.datetime.fromisoformat(first["created_at"]) + dt.timedelta(hours=23))
     from mailrelay.store import accounts
 
     assert accounts.credentials(SENDER).state == "reauth_required"
     later = [submit(message(subject=f"later {i}")).message_id for i in range(10)]
     for mid in later:
-        info = final(mid)
-        assert (info["state"], info["error_code"]) == ("failed", "auth_revoked")
+        assert len(_parked(mid)["attempts"]) == 1
     assert emulator.client.stats()["requests"].get("google.token") == 1
+    assert emulator.client.messages() == []
 
 
 def test_429_waits_for_retry_after(emulator: EmulatorHandle, gmail_worker: Worker) -> None:

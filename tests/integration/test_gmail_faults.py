@@ -129,5 +129,6 @@ def test_accounts_check_says_what_is_wrong(emulator: EmulatorHandle, gmail_accou
     emulator.client.revoke(email=gmail_account)
     bad = CliRunner().invoke(cli, ["accounts", "check", gmail_account, "--json"])
     assert bad.exit_code == 1
-    assert '"code": "auth_revoked"' in bad.output and "connect it again" in bad.output
+    assert '"code": "auth_revoked"' in bad.output and '"kind": "revoked"' in bad.output
+    assert "mailrelay auth reconnect" in bad.output
     assert '"state": "reauth_required"' in bad.output

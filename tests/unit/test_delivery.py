@@ -83,7 +83,7 @@ def test_a_failure_after_an_unknown_outcome_stays_marked(scripted: type[Scripted
     scripted.sends = [ProviderError("provider_timeout", sent_unknown=True)]
     deliver(mid, worker="w")
     _due(mid)
-    scripted.lookups = [ProviderError("auth_revoked")]
+    scripted.lookups = [ProviderError("permission_denied")]
     assert deliver(mid, worker="w").state == "failed"
     with get_engine().connect() as conn:
         flag = conn.execute(MESSAGES.select().where(MESSAGES.c.id == mid)).one().verify_before_send

@@ -51,3 +51,14 @@ def test_unknown_outcome_asks_for_verification(sent_unknown: bool) -> None:
     err = ProviderError("provider_timeout", sent_unknown=sent_unknown)
     outcome = decide(err, attempt=1, created_at=NOW, now=NOW, limits=LIMITS)
     assert outcome.state is State.RETRYING and outcome.verify is sent_unknown
+
+
+def test_a_revoked_grant_parks_the_message_until_the_retry_window_closes() -> None:
+    outcome = decide(ProviderError("auth_revoked"), attempt=7, created_at=NOW,
+                     now=NOW + dt.timedelta(minutes=5), limits=LIMITS)
+    assert outcome.state is State.RETRYING and outcome.code == "auth_revoked"
+    assert outcome.next_attempt_at == NOW + LIMITS.max_age  # no countdown: the reconciler's
+    assert "parked" in (outcome.detail or "")
+    closed = decide(ProviderError("auth_revoked"), attempt=8, created_at=NOW,
+                    now=NOW + LIMITS.max_age, limits=LIMITS)
+    assert closed.state is State.FAILED and "not reconnected" in (closed.detail or "")

@@ -61,7 +61,7 @@ def test_revoking_a_mailbox_revokes_every_grant(emulator: Emulator, account: Acc
 
 
 def test_other_grant_types(account: Account) -> None:
-    response = account.token(grant_type="authorization_code")
+    response = account.token(grant_type="password")
     assert response.status_code == 400 and response.json()["error"] == "unsupported_grant_type"
     response = account.token(grant_type="")
     assert response.status_code == 400 and response.json()["error"] == "unsupported_grant_type"

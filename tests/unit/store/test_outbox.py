@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from typing import Any
@@ -166,3 +167,49 @@ def test_finish_refuses_a_state_it_cannot_reach(backend: str) -> None:
         outbox.finish(claim, Outcome(State.QUEUED), latency_ms=1)
     with pytest.raises(IllegalTransition):
         outbox.finish(claim, Outcome(State.REJECTED), latency_ms=1)
+
+
+def _health() -> dict[str, Any]:
+    return accounts.health(SENDER)
+
+
+def test_attempts_keep_the_account_health(backend: str) -> None:
+    account = _account()
+    now = outbox.utcnow()
+    first, second = _queued(account), _queued(account, subject="two")
+    for mid, code in ((first, "rate_limited"), (second, "permission_denied")):
+        claim = outbox.claim(mid, worker="w", lease_seconds=60, now=now)
+        assert claim is not None
+        outbox.finish(claim, Outcome(State.RETRYING, code=code, detail=f"{code} detail",
+                                     next_attempt_at=now), latency_ms=1, now=now)
+    health = _health()
+    assert (health["consecutive_failures"], health["last_error_code"],
+            health["last_error_detail"]) == (2, "permission_denied", "permission_denied detail")
+    assert health["last_success_at"] is None and health["last_failure_at"] is not None
+    claim = outbox.claim(first, worker="w", lease_seconds=60, now=now)
+    assert claim is not None
+    outbox.finish(claim, Outcome(State.SENT, provider_message_id="p"), latency_ms=1, now=now)
+    health = _health()
+    assert health["consecutive_failures"] == 0
+    assert health["last_success_at"] == now.isoformat()
+    # Within a few seconds another success does not rewrite the row (no hot-row writes).
+    claim = outbox.claim(second, worker="w", lease_seconds=60, now=now)
+    assert claim is not None
+    soon = now + dt.timedelta(seconds=1)
+    outbox.finish(claim, Outcome(State.SENT, provider_message_id="q"), latency_ms=1, now=soon)
+    assert _health()["last_success_at"] == now.isoformat()
+    third = _queued(account, subject="three")
+    claim = outbox.claim(third, worker="w", lease_seconds=60, now=now)
+    assert claim is not None
+    later = now + dt.timedelta(seconds=60)
+    outbox.finish(claim, Outcome(State.SENT, provider_message_id="r"), latency_ms=1, now=later)
+    assert _health()["last_success_at"] == later.isoformat()
+
+
+def test_a_lost_lease_leaves_the_health_alone(backend: str) -> None:
+    mid = _queued(_account())
+    claim = outbox.claim(mid, worker="w1", lease_seconds=60)
+    assert claim is not None
+    stolen = dataclasses.replace(claim, owner="someone-else")
+    assert not outbox.finish(stolen, Outcome(State.FAILED, code="invalid_recipient"), latency_ms=1)
+    assert _health()["consecutive_failures"] == 0

@@ -1,0 +1,136 @@
+"""`mailrelay auth`: connect a mailbox by consent (OAuth authorization code + PKCE).
+
+The client secret comes from MAILRELAY_CLIENT_SECRET or a hidden prompt, never argv.
+The consent URL is printed, and opened in a browser only where one exists (a desktop
+session); on a server, open it on any machine that can reach the loopback redirect, e.g.
+through `ssh -L`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import webbrowser
+
+import click
+
+from mailrelay import providers
+from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
+from mailrelay.cli.output import emit_json, json_option
+from mailrelay.store import accounts
+
+CONSENT_PROVIDERS = [name for name in providers.names()
+                     if providers.adapter_class(name).supports_consent]
+
+
+@click.group("auth")
+def command() -> None:
+    """Connect mailboxes by consent: sign in, approve, and mailrelay keeps the grant."""
+
+
+def _options(func: click.decorators.FC) -> click.decorators.FC:
+    func = click.option("--timeout", type=click.FloatRange(5, 3600), default=300, show_default=True,
+                        help="Seconds to wait for the consent.")(func)
+    func = click.option("--no-browser", is_flag=True,
+                        help="Only print the consent URL, even where a browser exists.")(func)
+    return json_option(func)
+
+
+@command.command("connect")
+@click.argument("provider", type=click.Choice(CONSENT_PROVIDERS))
+@click.argument("address")
+@click.option("--client-id", required=True, help="The OAuth client (app) id.")
+@click.option("--tenant", help="Entra ID tenant (Microsoft; default `common`).")
+@_options
+def connect(provider: str, address: str, client_id: str, tenant: str | None, timeout: float,
+            no_browser: bool, as_json: bool) -> None:
+    """Connect ADDRESS's PROVIDER mailbox: sign in as ADDRESS and approve sending.
+
+    Creates the account, or gives an existing one the new grant.
+    """
+    tenant = tenant or providers.adapter_class(provider).default_tenant
+    secret = _client_secret()
+    _consent(provider, address, client_id, secret, tenant, timeout, no_browser, as_json)
+
+
+@command.command("reconnect")
+@click.argument("address")
+@_options
+def reconnect(address: str, timeout: float, no_browser: bool, as_json: bool) -> None:
+    """Run the consent again for ADDRESS (revoked or expired grant) and resume its parked
+    messages. Uses the account's client id, tenant and stored client secret, unless
+    MAILRELAY_CLIENT_SECRET gives a new one."""
+    from mailrelay.config import get_settings
+
+    try:
+        creds = accounts.credentials(address)
+    except accounts.AccountNotFound as err:
+        raise Exit(str(err), NOT_FOUND) from None
+    if creds.provider not in CONSENT_PROVIDERS or creds.app_only:
+        raise Exit(f"{creds.address} is not connected by consent ({creds.provider}"
+                   f"{', app-only' if creds.app_only else ''})", USAGE)
+    secret = get_settings().client_secret or creds.client_secret
+    if not (creds.client_id and secret):
+        raise Exit(f"{creds.address} has no client id or secret stored; use `auth connect`", USAGE)
+    _consent(creds.provider, creds.address, creds.client_id, secret, creds.tenant, timeout,
+             no_browser, as_json)
+
+
+def _client_secret() -> str:
+    from mailrelay.config import get_settings
+
+    secret = get_settings().client_secret
+    if secret:
+        return secret
+    if sys.stdin.isatty():
+        return str(click.prompt("client secret", hide_input=True))
+    raise Exit("client secret: set MAILRELAY_CLIENT_SECRET or run in a terminal to be prompted",
+               USAGE)
+
+
+def _consent(provider: str, address: str, client_id: str, secret: str, tenant: str | None,
+             timeout: float, no_browser: bool, as_json: bool) -> None:
+    from mailrelay.auth import consent
+    from mailrelay.errors import ValidationError
+
+    def show(url: str) -> None:
+        click.echo(f"Open this URL, sign in as {address} and approve:\n  {url}", err=as_json)
+        if not no_browser and _browser_available():
+            webbrowser.open(url)
+        click.echo(f"waiting up to {timeout:.0f} s for the answer...", err=True)
+
+    try:
+        done = consent.run(provider, address, client_id=client_id, client_secret=secret,
+                           tenant=tenant, timeout=timeout, show_url=show, enqueue=_enqueue)
+    except consent.ConsentError as err:
+        raise Exit(f"consent refused ({err.kind}): {err}", FAILED) from None
+    except ValidationError as err:
+        raise Exit(str(err), USAGE) from None
+    result = {"address": done.address, "provider": done.provider, "state": "active",
+              "created": done.created, "resumed": done.resumed, "scopes": list(done.scopes)}
+    if as_json:
+        emit_json(result)
+    else:
+        what = "connected" if done.created else "reconnected"
+        click.echo(f"{done.address}: {what} ({done.provider}); {done.resumed} parked messages "
+                   "resumed")
+
+
+def _browser_available() -> bool:
+    """A browser is opened only in a desktop session: on a server, webbrowser would start
+    a text browser in this terminal."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def _enqueue(message_id: str, provider: str) -> None:
+    """Resumed messages go straight to their queue; if the broker is down, the reconciler
+    finds them within a minute, so a failure here is only reported."""
+    from mailrelay.tasks.routing import enqueue_delivery
+
+    try:
+        enqueue_delivery(message_id, provider)
+    except Exception as err:
+        click.echo(f"could not enqueue a resumed message ({type(err).__name__}); the "
+                   "reconciler will", err=True)
