@@ -14,4 +14,10 @@ SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": 60.0,
         "options": {"queue": "mailrelay.control", "expires": 55},
     },
+    # Lets finished messages' idempotency keys go after MAILRELAY_IDEMPOTENCY_RETENTION.
+    "expire-idempotency-keys": {
+        "task": "mailrelay.expire_idempotency_keys",
+        "schedule": 3600.0,
+        "options": {"queue": "mailrelay.control", "expires": 3000},
+    },
 }

@@ -152,6 +152,8 @@ TABLE: tuple[Setting, ...] = (
             "the reconciler re-enqueues it"),
     Setting("retry_max_attempts", _int(1, 100), "10", "attempts before a retryable error fails"),
     Setting("retry_max_age", _int(60, 7 * 86400), "86400", "seconds after intake that retries stop"),
+    Setting("idempotency_retention", _int(60, 90 * 86400), "86400",
+            "seconds an idempotency key is remembered (at least MAILRELAY_RETRY_MAX_AGE)"),
     Setting("retry_base", _float(0.1, 600), "2", "first backoff step, seconds"),
     Setting("retry_cap", _float(1, 86400), "900", "longest backoff step, seconds"),
     Setting("max_message_bytes", _int(1024, 200 * 1024 * 1024), str(36 * 1024 * 1024),
@@ -216,6 +218,7 @@ class Settings:
     reconcile_after: int
     retry_max_attempts: int
     retry_max_age: int
+    idempotency_retention: int
     retry_base: float
     retry_cap: float
     max_message_bytes: int
@@ -283,6 +286,9 @@ def _check_together(settings: Settings) -> None:
         raise ConfigError("MAILRELAY_LEASE_SECONDS must exceed MAILRELAY_PROVIDER_TIMEOUT by 10 s")
     if settings.retry_cap < settings.retry_base:
         raise ConfigError("MAILRELAY_RETRY_CAP must be at least MAILRELAY_RETRY_BASE")
+    if settings.idempotency_retention < settings.retry_max_age:
+        # A producer retrying while mailrelay still retries must find the first message.
+        raise ConfigError("MAILRELAY_IDEMPOTENCY_RETENTION must be at least MAILRELAY_RETRY_MAX_AGE")
 
 
 def mask_url(value: str) -> str:

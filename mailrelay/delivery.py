@@ -5,6 +5,9 @@ The sequence that makes the effect exactly once:
 2. if the previous attempt may have reached the provider, ask the provider first;
 3. call the provider with no database transaction open;
 4. finish: a conditional UPDATE on (state, lease owner) records the outcome.
+
+Between 1 and 2 the mailbox's token bucket (ratelimit.py) may hold the send back: then
+the claim is released (outbox.release) with no attempt counted, due at the bucket's turn.
 """
 
 from __future__ import annotations
@@ -18,18 +21,20 @@ from dataclasses import dataclass
 
 import redis
 
-from mailrelay import limits, providers
+from mailrelay import limits, providers, ratelimit
 from mailrelay.auth import credentials
 from mailrelay.auth.credentials import Credentials
+from mailrelay.auth.crypto import SecretUnreadable
 from mailrelay.auth.tokens import manager as token_manager
 from mailrelay.config import get_settings
 from mailrelay.errors import MailrelayError, ProviderError, TransientInfraError, ValidationError
 from mailrelay.logctx import get_logger
 from mailrelay.message import validate
-from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST
+from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST, RATE_LIMITED
 from mailrelay.providers.base import Outbound, ProviderAdapter
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
+from mailrelay.store.accounts import AccountNotFound
 from mailrelay.store.outbox import Claim, Outcome
 from mailrelay.store.states import State
 
@@ -56,6 +61,8 @@ def deliver(message_id: str, *, worker: str) -> Report:
         return _not_claimed(message_id)
     started = time.perf_counter()
     outcome = _attempt(claim)
+    if isinstance(outcome, Limited):
+        return _held_back(claim, outcome.wait)
     latency = time.perf_counter() - started
     DELIVERY_SECONDS.labels(provider=claim.provider).observe(latency)
     DELIVERIES.labels(provider=claim.provider, result=outcome.state.value,
@@ -79,7 +86,26 @@ def _countdown(at: dt.datetime | None) -> float | None:
     return max(wait, 0.0) if wait <= get_settings().countdown_max else None
 
 
-def _attempt(claim: Claim) -> Outcome:
+@dataclass(frozen=True)
+class Limited:
+    """The mailbox's rate limit held the send back: nothing left; try again in ``wait`` s."""
+
+    wait: float
+
+
+def _held_back(claim: Claim, wait: float) -> Report:
+    """Give the message back without counting an attempt, due at the bucket's turn for it."""
+    RATE_LIMITED.labels(provider=claim.provider).inc()
+    until = outbox.utcnow() + dt.timedelta(seconds=wait)
+    if not outbox.release(claim, until=until, reason=f"mailbox rate limit: next turn in {wait:.1f}s"):
+        LEASES_LOST.labels(provider=claim.provider).inc()
+        log.warning("lease lost before a rate-limited send was given back; the new owner decides")
+        return Report(claim.message_id, None, claim.provider)
+    log.info("rate limited; next turn in %.1fs", wait)
+    return Report(claim.message_id, State.RETRYING.value, claim.provider, _countdown(until))
+
+
+def _attempt(claim: Claim) -> Outcome | Limited:
     # True while an earlier attempt may have reached the provider and nobody has asked it
     # yet: every outcome short of that answer keeps the flag, so no later attempt resends
     # blindly.
@@ -91,6 +117,9 @@ def _attempt(claim: Claim) -> Outcome:
         account = _account(adapter, claim)
         tokens = (token_manager().source(account, adapter.refresh)
                   if adapter.uses_oauth and account else None)
+        wait = _rate_wait(adapter, claim, account)
+        if wait:
+            return Limited(wait)
         with _slot(adapter, account):
             if unsettled:
                 if adapter.capabilities.can_verify:
@@ -136,6 +165,33 @@ def _account(adapter: ProviderAdapter, claim: Claim) -> Credentials | None:
     return credentials.sendable(claim.from_address, claim.provider)
 
 
+def _rate_wait(adapter: ProviderAdapter, claim: Claim, account: Credentials | None) -> float:
+    """0.0 when the mailbox's token bucket let this send through (or no rate applies),
+    else the seconds until its turn (at most MAILRELAY_COUNTDOWN_MAX, so that the wait
+    is a countdown). Raises redis.RedisError like the other Redis limits."""
+    if account is None:
+        account = _rate_account(claim.from_address)
+    if account is None:
+        return 0.0
+    # The account's override, else the provider's documented per-mailbox rate.
+    per_minute = account.rate_limit_per_minute or adapter.capabilities.sends_per_minute
+    if per_minute is None:
+        return 0.0
+    return ratelimit.take(account.id, per_minute, max_wait=get_settings().countdown_max)
+
+
+def _rate_account(address: str) -> Credentials | None:
+    """The account of an adapter that delivery looks none up for (sink, smtp): it may
+    still carry a rate override. Read from the same 30 s cache, so no database round trip
+    per send. One that cannot be read sets no rate; what else that breaks is the adapter's
+    to report, as before (only OAuth adapters, looked up by ``_account``, have a default
+    rate)."""
+    try:
+        return credentials.cached(address)
+    except (AccountNotFound, SecretUnreadable):
+        return None
+
+
 def _slot(adapter: ProviderAdapter, account: Credentials | None) -> AbstractContextManager[None]:
     """The provider's per-mailbox concurrency limit, across every worker (if it has one)."""
     limit = adapter.capabilities.max_concurrent_per_mailbox
@@ -146,9 +202,16 @@ def _slot(adapter: ProviderAdapter, account: Credentials | None) -> AbstractCont
 
 def _after_error(err: MailrelayError, claim: Claim, unsettled: bool) -> Outcome:
     limits = RetryLimits.from_settings(get_settings())
-    outcome = decide(err, attempt=claim.attempt_number, created_at=claim.created_at,
-                     now=outbox.utcnow(), limits=limits)
-    if unsettled and not outcome.verify:
+    # A replayed message has a fresh budget: attempts and age count from the last replay.
+    ended = outbox.utcnow()
+    outcome = decide(err, attempt=claim.budget_attempt, created_at=claim.window_start,
+                     now=ended, limits=limits)
+    outcome = dataclasses.replace(outcome, ended_at=ended)
+    # An attempt that may have reached the provider marks the message to be asked about
+    # first, whatever the outcome: also when it fails (budget spent, window closed,
+    # permanent code), so that a replay never resends it blindly.
+    maybe_sent = isinstance(err, ProviderError) and err.sent_unknown
+    if (unsettled or maybe_sent) and not outcome.verify:
         outcome = dataclasses.replace(outcome, verify=True)
     log.info("attempt %d ended %s (%s)", claim.attempt_number, outcome.state.value, err.code)
     return outcome

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
-from mailrelay.redis_client import get_redis, key
+from mailrelay.redis_client import get_redis, key, script
 
 _ACQUIRE = """
 local now = redis.call('TIME')
@@ -31,15 +31,8 @@ end
 return 0
 """
 
-_script: dict[int, Any] = {}
-
-
 def _acquire_script() -> Any:
-    client = get_redis()
-    found = _script.get(id(client))
-    if found is None:
-        found = _script[id(client)] = client.register_script(_ACQUIRE)
-    return found
+    return script(_ACQUIRE)
 
 
 @contextmanager

@@ -25,6 +25,9 @@ RECONCILED = Counter("mailrelay_reconciled_total",
 LEASES_LOST = Counter("mailrelay_leases_lost_total",
                       "Attempts that ended after another worker took the message over",
                       ["provider"])
+RATE_LIMITED = Counter("mailrelay_rate_limited_total",
+                       "Sends the mailbox's rate limit held back (not attempts), by provider",
+                       ["provider"])
 HTML_REMOVED = Counter("mailrelay_html_removed_total",
                        "What sanitizing took out of producer HTML at intake, by kind",
                        ["kind"])

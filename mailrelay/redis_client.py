@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import redis
 
@@ -20,6 +21,18 @@ def get_redis() -> redis.Redis:
             get_settings().redis_url, socket_timeout=10, socket_connect_timeout=5,
             health_check_interval=30)
     return client
+
+
+_scripts: dict[tuple[int, str], Any] = {}
+
+
+def script(source: str) -> Any:
+    """A Lua script registered once per client (EVALSHA, loaded again if Redis forgot it)."""
+    client = get_redis()
+    found = _scripts.get((id(client), source))
+    if found is None:
+        found = _scripts[(id(client), source)] = client.register_script(source)
+    return found
 
 
 def key(*parts: str) -> str:

@@ -1,9 +1,9 @@
 """The retry policy, in one place: what a failed attempt turns into.
 
 Exponential backoff with full jitter (a random wait between 0 and base·2^(n-1), capped),
-a maximum number of attempts and a maximum age counted from intake. A provider's
-Retry-After is honored exactly: the next attempt is never earlier. Permanent codes never
-retry.
+a maximum number of attempts and a maximum age counted from intake, adjusted per error
+code (``CODE_POLICIES``). A provider's Retry-After is honored exactly: the next attempt
+is never earlier. Permanent codes never retry.
 """
 
 from __future__ import annotations
@@ -39,6 +39,38 @@ class RetryLimits:
                    settings.retry_base, settings.retry_cap)
 
 
+@dataclass(frozen=True)
+class CodePolicy:
+    """How one retryable code departs from the settings' limits (None: the setting)."""
+
+    max_attempts: int | None = None
+    base: float | None = None
+    cap: float | None = None
+
+
+# Per code, what retrying it is worth. A code not listed follows the settings.
+CODE_POLICIES: dict[str, CodePolicy] = {
+    # The provider names the wait (Retry-After) and waiting is the cure: more attempts.
+    "rate_limited": CodePolicy(max_attempts=20),
+    # A token that was just refreshed and refused again will not get better soon.
+    "auth_expired": CodePolicy(max_attempts=3, base=5, cap=60),
+    # A bug or an unexpected answer on mailrelay's side: a few tries, then on-call.
+    "internal_error": CodePolicy(max_attempts=3, base=10, cap=120),
+    # The provider did not answer in time; it may be overloaded: back off further.
+    "provider_timeout": CodePolicy(base=5),
+}
+
+
+def limits_for(code: str, limits: RetryLimits) -> RetryLimits:
+    policy = CODE_POLICIES.get(code)
+    if policy is None:
+        return limits
+    return RetryLimits(
+        max_attempts=policy.max_attempts or limits.max_attempts, max_age=limits.max_age,
+        base=policy.base if policy.base is not None else limits.base,
+        cap=min(policy.cap, limits.cap) if policy.cap is not None else limits.cap)
+
+
 def backoff(attempt: int, limits: RetryLimits, rng: random.Random | None = None) -> float:
     """Seconds to wait after attempt number ``attempt`` (1-based), full jitter."""
     ceiling = min(limits.cap, limits.base * 2 ** min(attempt - 1, 32))
@@ -52,6 +84,7 @@ def decide(err: MailrelayError, *, attempt: int, created_at: dt.datetime, now: d
         return _park(err, created_at=created_at, now=now, limits=limits, verify=sent_unknown)
     if not err.retryable:
         return Outcome(State.FAILED, code=err.code, detail=str(err))
+    limits = limits_for(err.code, limits)
     if attempt >= limits.max_attempts:
         return Outcome(State.FAILED, code=err.code,
                        detail=f"{err} (gave up after {attempt} attempts)")

@@ -11,7 +11,20 @@ import sys
 
 import click
 
-from mailrelay.cli import accounts, auth, beat, bench, db, demo, emulator, flower, send, status, worker
+from mailrelay.cli import (
+    accounts,
+    auth,
+    beat,
+    bench,
+    db,
+    demo,
+    emulator,
+    flower,
+    oncall,
+    send,
+    status,
+    worker,
+)
 from mailrelay.cli.exits import run_guarded
 
 
@@ -23,6 +36,8 @@ def cli() -> None:
 
 for module in (send, status, accounts, auth, db, worker, demo, bench, beat, flower, emulator):
     cli.add_command(module.command)
+cli.add_command(oncall.failed)
+cli.add_command(oncall.replay)
 
 
 def main() -> None:

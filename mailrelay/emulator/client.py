@@ -112,6 +112,10 @@ class EmulatorClient:
     def faults(self) -> list[dict[str, Any]]:
         return list(self._json("GET", "/_emulator/faults")["rules"])
 
+    def clear_faults(self) -> None:
+        """Remove every fault rule; messages and counters stay."""
+        self._json("DELETE", "/_emulator/faults")
+
     def reset(self, *, everything: bool = False) -> None:
         """Forget faults, counters and messages; ``everything`` also clients, grants,
         pending consents and authorization codes."""

@@ -163,6 +163,11 @@ def routes(state: State) -> list[Route]:
     def faults(request: Request) -> Response:
         return json_response(200, {"rules": state.faults.snapshot()})
 
+    def clear_faults(request: Request) -> Response:
+        """Faults only: the messages and counters stay (an outage that ends)."""
+        state.faults.clear()
+        return json_response(200, {"rules": []})
+
     def reset(request: Request) -> Response:
         body = _object(request)
         if isinstance(body, Response):
@@ -209,6 +214,7 @@ def routes(state: State) -> list[Route]:
         Route("POST", r"/_emulator/consent", "emulator.consent", consent),
         Route("POST", r"/_emulator/inject", "emulator.inject", inject),
         Route("GET", r"/_emulator/faults", "emulator.faults", faults),
+        Route("DELETE", r"/_emulator/faults", "emulator.faults", clear_faults),
         Route("POST", r"/_emulator/reset", "emulator.reset", reset),
         Route("GET", r"/_emulator/stats", "emulator.stats", stats),
         Route("GET", r"/_emulator/api/messages", "emulator.messages", messages),

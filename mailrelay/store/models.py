@@ -139,6 +139,11 @@ class MessageRow(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # How many things sanitizing removed from the producer's HTML; NULL if not sanitized.
     html_removed: Mapped[int | None] = mapped_column(Integer)
+    # Operator replays (failed → queued). A replay opens a fresh retry budget: attempts
+    # count from retry_base (attempt_count at the replay), the window from retry_since.
+    replays: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    retry_base: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    retry_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Attempt(Base):

@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, insert, or_, select, update
+from sqlalchemy import Connection, and_, case, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailrelay.errors import ValidationError
@@ -72,6 +72,20 @@ class Claim:
     lease_expires_at: dt.datetime
     # The previous attempt may have reached the provider: ask before sending again.
     verify: bool
+    # The retry budget since the last replay (none: since intake): attempts before it do
+    # not count, and the retry window opens at ``retry_since`` instead of ``created_at``.
+    retry_base: int = 0
+    retry_since: dt.datetime | None = None
+
+    @property
+    def budget_attempt(self) -> int:
+        """This attempt's number within the current retry budget (1-based)."""
+        return self.attempt_number - self.retry_base
+
+    @property
+    def window_start(self) -> dt.datetime:
+        """When the current retry window opened: the last replay, else intake."""
+        return self.retry_since or self.created_at
 
 
 @dataclass(frozen=True)
@@ -83,6 +97,9 @@ class Outcome:
     next_attempt_at: dt.datetime | None = None
     verify: bool = False
     note: str | None = None
+    # When the attempt ended, if known: the attempt row's finished_at, and the moment a
+    # retry wait was counted from, are then the same instant.
+    ended_at: dt.datetime | None = None
 
 
 def _audit(conn: Connection, message_id: str | None, actor: str, action: str, *, now: dt.datetime,
@@ -233,7 +250,7 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
                 verify_before_send=case((m.state == State.SENDING.value, True),
                                         else_=m.verify_before_send))
         .returning(m.prev_state, m.attempt_count, m.provider, m.from_address, m.rfc822_message_id,
-                   m.payload, m.created_at, m.verify_before_send)
+                   m.payload, m.created_at, m.verify_before_send, m.retry_base, m.retry_since)
     )
     attempt_id = str(uuid.uuid4())
     with db_errors(), get_engine().begin() as conn:
@@ -246,7 +263,8 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
             if row is None:
                 return None
             return _claim(message_id, owner, attempt_id, expires, row,
-                          created_at=pg_fastpath.aware_utc(row.created_at))
+                          created_at=pg_fastpath.aware_utc(row.created_at),
+                          retry_since=row.retry_since and pg_fastpath.aware_utc(row.retry_since))
         row = conn.execute(stmt).first()
         if row is None:
             return None
@@ -260,16 +278,18 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
                                              started_at=now))
         _audit(conn, message_id, owner, "claim", now=now, from_state=row.prev_state,
                to_state=State.SENDING)
-    return _claim(message_id, owner, attempt_id, expires, row, created_at=row.created_at)
+    return _claim(message_id, owner, attempt_id, expires, row, created_at=row.created_at,
+                  retry_since=row.retry_since)
 
 
 def _claim(message_id: str, owner: str, attempt_id: str, expires: dt.datetime, row: Any, *,
-           created_at: dt.datetime) -> Claim:
+           created_at: dt.datetime, retry_since: dt.datetime | None) -> Claim:
     return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
                  attempt_number=row.attempt_count, provider=row.provider,
                  from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
                  payload=row.payload, created_at=created_at, lease_expires_at=expires,
-                 verify=bool(row.verify_before_send))
+                 verify=bool(row.verify_before_send), retry_base=row.retry_base,
+                 retry_since=retry_since)
 
 
 def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
@@ -280,7 +300,7 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
     attempt row is still closed so that the history shows what this worker saw.
     """
     check({State.SENDING}, outcome.state)
-    now = now or utcnow()
+    now = now or outcome.ended_at or utcnow()
     m = messages.c
     values: dict[str, Any] = {
         "prev_state": m.state, "state": outcome.state.value, "updated_at": now,
@@ -322,6 +342,48 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
         else:
             _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=outcome.code,
                    reason=lost_reason)
+    return bool(moved)
+
+
+RATE_LIMITED_CODE = "rate_limited"
+
+
+def release(claim: Claim, *, until: dt.datetime, reason: str, now: dt.datetime | None = None) -> bool:
+    """Give the message back, unsent and without an attempt: the mailbox's rate limit held
+    the send back before anything reached the provider.
+
+    Only while this claim holds the lease, in one transaction: the claim's attempt row is
+    deleted and ``attempt_count`` goes back down (a limited send spends no retry budget),
+    the message moves `sending → retrying` due at ``until``, ``verify_before_send`` stays
+    as the claim found it, and the audit says why (action ``rate_limited``). Returns False
+    when the lease was lost: then the attempt stays (the new owner has counted it) and is
+    closed if nobody did. Runs only when limited, so it takes the portable path on every
+    backend.
+    """
+    check({State.SENDING}, State.RETRYING)
+    now = now or utcnow()
+    m = messages.c
+    with db_errors(), get_engine().begin() as conn:
+        moved = conn.execute(
+            update(messages)
+            .where(m.id == claim.message_id, m.state == State.SENDING.value, m.lease_owner == claim.owner)
+            .values(prev_state=m.state, state=State.RETRYING.value, updated_at=now, lease_owner=None,
+                    lease_expires_at=None, attempt_count=m.attempt_count - 1,
+                    verify_before_send=claim.verify, next_attempt_at=until,
+                    error_code=RATE_LIMITED_CODE, error_detail=reason)
+        ).rowcount
+        if moved:
+            conn.execute(delete(attempts).where(attempts.c.id == claim.attempt_id))
+            _audit(conn, claim.message_id, claim.owner, "rate_limited", now=now,
+                   from_state=State.SENDING, to_state=State.RETRYING, code=RATE_LIMITED_CODE,
+                   reason=reason)
+        else:
+            conn.execute(update(attempts)
+                         .where(attempts.c.id == claim.attempt_id, attempts.c.outcome.is_(None))
+                         .values(finished_at=now, outcome="retry", error_code=RATE_LIMITED_CODE,
+                                 detail=reason))
+            _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now,
+                   code=RATE_LIMITED_CODE, reason="held back by the rate limit after the lease was lost")
     return bool(moved)
 
 

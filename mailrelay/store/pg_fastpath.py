@@ -31,7 +31,8 @@ WITH claimed AS (
            OR (m.state = 'retrying' AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= $4))
            OR (m.state = 'sending' AND m.lease_expires_at < $4))
     RETURNING m.id, m.prev_state, m.attempt_count, m.provider, m.from_address,
-              m.rfc822_message_id, m.payload, m.created_at, m.verify_before_send
+              m.rfc822_message_id, m.payload, m.created_at, m.verify_before_send,
+              m.retry_base, m.retry_since
 ), closed AS (
     UPDATE attempts SET outcome = 'unknown', finished_at = $4, error_code = 'internal_error',
                         detail = 'lease expired before the attempt finished'
@@ -44,7 +45,7 @@ WITH claimed AS (
     SELECT id, $4, $2, 'claim', prev_state, 'sending' FROM claimed
 )
 SELECT prev_state, attempt_count, provider, from_address, rfc822_message_id, payload,
-       created_at, verify_before_send
+       created_at, verify_before_send, retry_base, retry_since
 FROM claimed
 """
 

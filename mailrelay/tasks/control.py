@@ -10,6 +10,7 @@ from mailrelay.tasks.base import MailrelayTask
 from mailrelay.tasks.routing import enqueue_delivery
 
 RECONCILE_TASK = "mailrelay.reconcile"
+EXPIRE_KEYS_TASK = "mailrelay.expire_idempotency_keys"
 log = get_logger(__name__)
 
 
@@ -19,4 +20,17 @@ def reconcile(self: MailrelayTask) -> int:
     if count:
         RECONCILED.inc(count)
         log.warning("re-enqueued %d stranded messages", count)
+    return count
+
+
+@app.task(name=EXPIRE_KEYS_TASK, base=MailrelayTask, bind=True)
+def expire_idempotency_keys(self: MailrelayTask) -> int:
+    import datetime as dt
+
+    from mailrelay.config import get_settings
+    from mailrelay.store.retention import expire_keys
+
+    count = expire_keys(dt.timedelta(seconds=get_settings().idempotency_retention))
+    if count:
+        log.info("forgot %d idempotency keys past their retention", count)
     return count

@@ -84,13 +84,16 @@ def gmail_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, s
     address = "sender@example.com"
     emulator.client.register_client("mailrelay-client", "client-secret")
     refresh = emulator.client.grant("mailrelay-client", address)
+    # Far above Gmail's 150/min: tests about other things must not wait for the bucket
+    # (tests/integration/test_rate_limit.py checks the limiter itself).
     accounts.add("gmail", address, client_id="mailrelay-client", client_secret="client-secret",
-                 refresh_token=refresh)
+                 refresh_token=refresh, rate_limit_per_minute=UNLIMITED)
     forget()
     return address
 
 
 MS_TENANT = "contoso-tenant"
+UNLIMITED = 100_000
 
 
 @pytest.fixture
@@ -103,6 +106,6 @@ def ms_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, secr
     emulator.client.ms_register_app("ms-client", "ms-secret", MS_TENANT)
     refresh = emulator.client.ms_grant("ms-client", address)
     accounts.add("microsoft", address, client_id="ms-client", tenant=MS_TENANT,
-                 client_secret="ms-secret", refresh_token=refresh)
+                 client_secret="ms-secret", refresh_token=refresh, rate_limit_per_minute=UNLIMITED)
     forget()
     return address

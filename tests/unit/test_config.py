@@ -63,3 +63,9 @@ def test_passwords_in_urls_never_show() -> None:
     assert "S3cretPw" not in str(err.value) and "app:***@db" in str(err.value)
     settings = config.load({"MAILRELAY_REDIS_URL": "redis://:hunter2@cache:6379/2"})
     assert "hunter2" not in repr(settings) and "redis://:***@cache:6379/2" in repr(settings)
+
+
+def test_idempotency_keys_outlive_retries() -> None:
+    with pytest.raises(ConfigError, match="MAILRELAY_IDEMPOTENCY_RETENTION must be at least"):
+        config.load({"MAILRELAY_RETRY_MAX_AGE": "7200", "MAILRELAY_IDEMPOTENCY_RETENTION": "3600"})
+    assert config.load({"MAILRELAY_IDEMPOTENCY_RETENTION": "172800"}).idempotency_retention == 172800

@@ -62,3 +62,23 @@ def test_a_revoked_grant_parks_the_message_until_the_retry_window_closes() -> No
     closed = decide(ProviderError("auth_revoked"), attempt=8, created_at=NOW,
                     now=NOW + LIMITS.max_age, limits=LIMITS)
     assert closed.state is State.FAILED and "not reconnected" in (closed.detail or "")
+
+
+def test_codes_have_their_own_attempt_budgets() -> None:
+    def after(code: str, attempt: int) -> State:
+        return decide(ProviderError(code), attempt=attempt, created_at=NOW, now=NOW,
+                      limits=LIMITS, rng=random.Random(1)).state
+
+    assert after("provider_unavailable", 4) is State.RETRYING
+    assert after("provider_unavailable", 5) is State.FAILED  # the settings' 5
+    assert after("rate_limited", 12) is State.RETRYING  # waiting is the cure: up to 20
+    assert after("rate_limited", 20) is State.FAILED
+    assert after("internal_error", 3) is State.FAILED
+
+
+def test_a_code_policy_never_widens_the_cap_or_the_window() -> None:
+    from mailrelay.retry import CODE_POLICIES, limits_for
+
+    for code in CODE_POLICIES:
+        limits = limits_for(code, LIMITS)
+        assert limits.cap <= LIMITS.cap and limits.max_age == LIMITS.max_age

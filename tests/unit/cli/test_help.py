@@ -25,4 +25,5 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 
 
 def test_contract_commands_exist() -> None:
-    assert {"send", "status", "accounts", "worker", "db", "demo", "bench"} <= set(cli.commands)
+    assert {"send", "status", "failed", "replay", "accounts", "worker", "db", "demo",
+            "bench"} <= set(cli.commands)

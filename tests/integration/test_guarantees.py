@@ -1,0 +1,344 @@
+"""Exactly one email per accepted request, whatever crashes, restarts and outages happen:
+real worker processes (killed for real), a real Redis (restarted empty), PostgreSQL, the
+emulator. The reconciler runs as beat would run it: `reconcile(enqueue_delivery)`."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import datetime as dt
+import itertools
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import EmulatorHandle
+from tests.integration.helpers import query, scalar, wait_for
+from tests.processes import ROOT, Worker, terminate_group
+
+SENDER = "sender@example.com"
+RECIPIENT = "ada@example.org"
+# Short leases and reconcile windows so that a killed attempt is taken over in seconds.
+FAST = {"MAILRELAY_PROVIDER_TIMEOUT": "5", "MAILRELAY_LEASE_SECONDS": "20",
+        "MAILRELAY_RECONCILE_AFTER": "10"}
+
+
+@pytest.fixture
+def fast_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    from mailrelay.config import get_settings
+
+    for name, value in FAST.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield FAST
+    get_settings.cache_clear()
+
+
+def message(n: int, **extra: Any) -> dict[str, Any]:
+    return {"from": SENDER, "to": [RECIPIENT], "subject": f"guarantee {n}", "text": f"body {n}",
+            **extra}
+
+
+def submit_all(count: int) -> list[str]:
+    from mailrelay.client import submit
+
+    ids = []
+    for n in range(count):
+        result = submit(message(n))
+        assert result.state == "queued", result
+        ids.append(result.message_id)
+    return ids
+
+
+def sent_count() -> int:
+    return int(scalar("SELECT count(*) FROM messages WHERE state = 'sent'"))
+
+
+RECONCILE_LOOP = """
+import sys, time
+from mailrelay.reconcile import reconcile
+from mailrelay.tasks.routing import enqueue_delivery
+while True:
+    time.sleep(float(sys.argv[1]))
+    try:
+        reconcile(enqueue_delivery)
+    except Exception as err:  # Redis may be down for a moment: the next round tries again
+        print("reconcile failed:", type(err).__name__, flush=True)
+"""
+
+
+class Reconciler:
+    """The reconciler every ``every`` seconds in a process of its own, as beat runs it
+    every minute (the same function, on a shorter period)."""
+
+    def __init__(self, every: float = 2.0, env: dict[str, str] | None = None) -> None:
+        self.argv = [sys.executable, "-c", RECONCILE_LOOP, str(every)]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Reconciler:
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        terminate_group(self.process, 10)
+
+
+def assert_each_received_once(emulator: EmulatorHandle, ids: list[str]) -> None:
+    expected = {row[0] for row in query("SELECT rfc822_message_id FROM messages WHERE state = 'sent'")}
+    assert len(expected) == len(ids)
+    received = collections.Counter(m["message_id"] for m in emulator.client.messages(mailbox=RECIPIENT))
+    duplicates = {mid: n for mid, n in received.items() if n > 1}
+    assert not duplicates, f"received more than once: {duplicates}"
+    assert set(received) == expected
+
+
+def test_kill_9_during_delivery(emulator: EmulatorHandle, gmail_account: str, fast_settings: dict[str, str],
+                                start_worker: Callable[..., Worker]) -> None:
+    # Each send takes 300 ms at the "provider", so most kills land mid-call: the worst case,
+    # where the message may or may not have left.
+    emulator.client.inject(endpoint="gmail.send", latency_ms=300)
+    worker = start_worker("mailrelay.gmail", concurrency=4, extra_env=fast_settings)
+    ids = submit_all(200)
+    rng = random.Random(20261125)
+    kills = 0
+    with Reconciler(env=fast_settings):
+        while kills < 20:
+            time.sleep(rng.uniform(0.2, 0.8))
+            children = worker.children()
+            if children:
+                os.kill(rng.choice(children), signal.SIGKILL)
+                kills += 1
+        wait_for(lambda: sent_count() == 200, 180, "all 200 sent after 20 kills")
+    assert scalar("SELECT count(*) FROM messages WHERE state <> 'sent'") == 0
+    assert_each_received_once(emulator, ids)
+    # The kills left attempts whose outcome was unknown; each was settled by asking first.
+    unknown = scalar("SELECT count(*) FROM attempts WHERE outcome = 'unknown'")
+    assert unknown >= 1
+    assert emulator.client.stats()["requests"].get("gmail.list", 0) >= unknown
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of the test's own, for the broker, results and mailrelay's keys."""
+
+    url: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"MAILRELAY_BROKER_URL": f"{self.url}/0", "MAILRELAY_RESULT_BACKEND": f"{self.url}/1",
+                "MAILRELAY_REDIS_URL": f"{self.url}/2"}
+
+    def start(self) -> None:
+        from mailrelay.devstack import redis_answers
+
+        self.process = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: redis_answers(self.url), 10, "private redis")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def restart_empty(self) -> None:
+        """What a Redis restart without persistence does: every queue, token and lock gone."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    from mailrelay.devstack import free_port
+
+    port = free_port()
+    server = PrivateRedis(f"redis://127.0.0.1:{port}",
+                          ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no", "--dir", str(tmp_path)])
+    server.start()
+    yield server
+    server.stop()
+
+
+SUBMIT = """
+import sys
+from mailrelay.client import submit
+for n in range(int(sys.argv[1])):
+    result = submit({"from": sys.argv[2], "to": [sys.argv[3]], "subject": f"redis loss {n}",
+                     "text": f"body {n}"})
+    assert result.state == "queued", result
+"""
+
+
+def test_redis_restarted_empty_with_200_in_flight(emulator: EmulatorHandle, gmail_account: str,
+                                                  fast_settings: dict[str, str],
+                                                  private_redis: PrivateRedis,
+                                                  start_worker: Callable[..., Worker]) -> None:
+    env = {**fast_settings, **private_redis.env}
+    emulator.client.inject(endpoint="gmail.send", latency_ms=100)
+    start_worker("mailrelay.gmail", concurrency=4, extra_env=env)
+    subprocess.run([sys.executable, "-c", SUBMIT, "200", SENDER, RECIPIENT], env={**os.environ, **env},
+                   cwd=ROOT, check=True, timeout=120)
+    wait_for(lambda: sent_count() >= 20, 60, "the first sends")
+    private_redis.restart_empty()
+    assert sent_count() < 200, "the restart came too late to test anything"
+    with Reconciler(env=env):
+        wait_for(lambda: sent_count() == 200, 240, "all 200 sent after Redis lost everything")
+    ids = [row[0] for row in query("SELECT id FROM messages")]
+    assert_each_received_once(emulator, ids)
+
+
+def test_an_outage_of_60_seconds(emulator: EmulatorHandle, gmail_account: str,
+                                 start_worker: Callable[..., Worker]) -> None:
+    emulator.client.inject(endpoint="gmail.send", status=503, retry_after=8)
+    start_worker("mailrelay.gmail", concurrency=4)
+    ids = submit_all(30)
+    ended = threading.Timer(60, emulator.client.clear_faults)
+    ended.start()
+    try:
+        wait_for(lambda: sent_count() == 30, 150, "all 30 sent after the outage")
+    finally:
+        ended.cancel()
+    assert_each_received_once(emulator, ids)
+    rows = query("SELECT message_id, number, started_at, finished_at, error_code FROM attempts "
+                 "ORDER BY message_id, number")
+    by_message: dict[str, list[Any]] = collections.defaultdict(list)
+    for row in rows:
+        by_message[row.message_id].append(row)
+    for attempts in by_message.values():
+        assert len(attempts) >= 5  # backoff through the outage, visible attempt by attempt
+        assert attempts[-1].error_code is None
+        for before, after in itertools.pairwise(attempts):
+            assert before.error_code == "provider_unavailable"
+            # Retry-After: 8 was honoured: no attempt started earlier than it allowed.
+            assert after.started_at - before.finished_at >= dt.timedelta(seconds=8)
+
+
+def test_producers_retrying_with_the_same_keys(clean_db: None, clean_redis: None,
+                                               start_worker: Callable[..., Worker]) -> None:
+    from mailrelay.celery_app import SEND_TASK, app
+    from mailrelay.store import accounts
+
+    accounts.add("sink", SENDER)
+    start_worker("mailrelay.intake,mailrelay.sink", concurrency=4)
+
+    def produce(n: int) -> None:
+        # A producer whose first publish it believes lost: it sends the same request again
+        # (a new task id each time), as producers do.
+        for _ in range(3):
+            app.send_task(SEND_TASK, kwargs={"message": message(n, idempotency_key=f"order-{n}")},
+                          queue="mailrelay.intake")
+
+    threads = [threading.Thread(target=produce, args=(n,)) for n in range(100)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wait_for(lambda: scalar("SELECT count(*) FROM sink_deliveries") >= 100, 120, "100 deliveries")
+    time.sleep(2)  # any duplicate would show up now
+    assert scalar("SELECT count(*) FROM messages") == 100
+    assert scalar("SELECT count(*) FROM sink_deliveries") == 100
+    assert scalar("SELECT count(DISTINCT idempotency_key) FROM messages") == 100
+
+    from mailrelay.client import submit
+
+    conflict = submit(message(7, idempotency_key="order-7", text="another body"))
+    assert (conflict.state, conflict.error_code) == ("rejected", "idempotency_conflict")
+    repeat = submit(message(7, idempotency_key="order-7"))
+    assert repeat.state == "sent" and repeat.message_id == scalar(
+        "SELECT id FROM messages WHERE idempotency_key = 'order-7'")
+
+
+class Outage:
+    """A TCP proxy in front of PostgreSQL that can be cut: the database "unreachable" for
+    the workers that connect through it, while this test process keeps its own access."""
+
+    def __init__(self, target_port: int) -> None:
+        from mailrelay.devstack import free_port
+
+        self.port = free_port()
+        self.target = ("127.0.0.1", target_port)
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def up(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        with self._lock:
+            if self._listener is not None:
+                # shutdown wakes the thread blocked in accept(); close alone would not.
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.close()
+                self._listener = None
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            with self._lock:
+                if self._listener is not listener:  # cut while this one was arriving
+                    client.close()
+                    return
+                server = socket.create_connection(self.target)
+                self._open += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+
+def test_the_database_unreachable_for_a_minute(emulator: EmulatorHandle, gmail_account: str,
+                                               start_worker: Callable[..., Worker]) -> None:
+    url = os.environ["MAILRELAY_DATABASE_URL"]
+    outage = Outage(5432)
+    outage.up()
+    worker_env = {"MAILRELAY_DATABASE_URL": url.replace("127.0.0.1:5432", f"127.0.0.1:{outage.port}")}
+    assert worker_env["MAILRELAY_DATABASE_URL"] != url
+    start_worker("mailrelay.gmail", concurrency=4, extra_env=worker_env)
+    outage.down()
+    ids = submit_all(30)  # accepted through this process's own connection
+    time.sleep(60)
+    assert sent_count() == 0
+    assert scalar("SELECT count(*) FROM messages WHERE state = 'failed'") == 0
+    outage.up()
+    try:
+        wait_for(lambda: sent_count() == 30, 120, "all 30 sent once the database is back")
+    finally:
+        outage.down()
+    assert scalar("SELECT count(*) FROM messages WHERE state = 'failed'") == 0
+    assert_each_received_once(emulator, ids)
+    # The tasks retried; the messages did not: one attempt each.
+    assert scalar("SELECT max(attempt_count) FROM messages") == 1
