@@ -5,6 +5,7 @@ emulator here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from mailrelay.emulator import mime, summary
@@ -36,6 +37,15 @@ def _object(request: Request) -> dict[str, Any] | Response:
     return body
 
 
+def _json_body(handler: Callable[[dict[str, Any]], Response]) -> Callable[[Request], Response]:
+    """A control handler that takes a JSON object: anything else is refused before it runs."""
+    def run(request: Request) -> Response:
+        body = _object(request)
+        return body if isinstance(body, Response) else handler(body)
+
+    return run
+
+
 def _string(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     return value if isinstance(value, str) and value else None
@@ -52,20 +62,14 @@ def _strings(body: dict[str, Any], key: str) -> tuple[str, ...] | Response | Non
 
 
 def routes(state: State) -> list[Route]:
-    def clients(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def clients(body: dict[str, Any]) -> Response:
         client_id, secret = _string(body, "client_id"), _string(body, "client_secret")
         if client_id is None or secret is None:
             return _problem(400, "client_id and client_secret are required strings")
         state.register_client(client_id, secret)
         return json_response(200, {"client_id": client_id})
 
-    def grants(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def grants(body: dict[str, Any]) -> Response:
         client_id, email = _string(body, "client_id"), _string(body, "email")
         if client_id is None or email is None:
             return _problem(400, "client_id and email are required strings")
@@ -75,10 +79,7 @@ def routes(state: State) -> list[Route]:
             return _problem(404, f"no client {client_id}; register it at /_emulator/clients")
         return json_response(200, {"refresh_token": token})
 
-    def ms_apps(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def ms_apps(body: dict[str, Any]) -> Response:
         client_id, secret = _string(body, "client_id"), _string(body, "client_secret")
         tenant = _string(body, "tenant")
         if client_id is None or secret is None or tenant is None:
@@ -92,10 +93,7 @@ def routes(state: State) -> list[Route]:
                                     tuple(d.lower().lstrip("@") for d in domains or ())))
         return json_response(200, {"client_id": client_id, "tenant": tenant})
 
-    def ms_grants(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def ms_grants(body: dict[str, Any]) -> Response:
         client_id, email = _string(body, "client_id"), _string(body, "email")
         if client_id is None or email is None:
             return _problem(400, "client_id and email are required strings")
@@ -106,25 +104,16 @@ def routes(state: State) -> list[Route]:
             return _problem(404, f"no Microsoft app {client_id}; register it at /_emulator/ms/apps")
         return json_response(200, {"refresh_token": token})
 
-    def revoke(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def revoke(body: dict[str, Any]) -> Response:
         refresh_token, email = _string(body, "refresh_token"), _string(body, "email")
         if (refresh_token is None) == (email is None):
             return _problem(400, "give refresh_token or email, not both")
         return json_response(200, {"revoked": state.revoke(refresh_token=refresh_token, email=email)})
 
-    def expire(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def expire(body: dict[str, Any]) -> Response:
         return json_response(200, {"expired": state.expire_tokens(_string(body, "email"))})
 
-    def settings(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def settings(body: dict[str, Any]) -> Response:
         ttl = body.get("access_token_ttl")
         strict = body.get("ms_strict_rotation")
         if strict is not None and not isinstance(strict, bool):
@@ -138,20 +127,14 @@ def routes(state: State) -> list[Route]:
         return json_response(200, {"access_token_ttl": state.access_token_ttl,
                                    "ms_strict_rotation": state.ms_strict_rotation})
 
-    def consent(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def consent(body: dict[str, Any]) -> Response:
         email = body.get("email")
         if email is not None and not valid_address(email if isinstance(email, str) else ""):
             return _problem(400, "email must be an email address, or null to clear it")
         state.set_consent_email(email)
         return json_response(200, {"email": state.consent_email})
 
-    def inject(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def inject(body: dict[str, Any]) -> Response:
         if set(body) == {"rule"}:  # {"rule": {...}} and the bare rule both work
             body = body["rule"]
         try:
@@ -168,10 +151,7 @@ def routes(state: State) -> list[Route]:
         state.faults.clear()
         return json_response(200, {"rules": []})
 
-    def reset(request: Request) -> Response:
-        body = _object(request)
-        if isinstance(body, Response):
-            return body
+    def reset(body: dict[str, Any]) -> Response:
         everything = body.get("all") is True
         state.reset(everything=everything)
         return json_response(200, {"reset": "all" if everything else "traffic"})
@@ -204,18 +184,18 @@ def routes(state: State) -> list[Route]:
         return Response(200, data, content_type, list(PART_HEADERS))
 
     return [
-        Route("POST", r"/_emulator/clients", "emulator.clients", clients),
-        Route("POST", r"/_emulator/grants", "emulator.grants", grants),
-        Route("POST", r"/_emulator/ms/apps", "emulator.ms_apps", ms_apps),
-        Route("POST", r"/_emulator/ms/grants", "emulator.ms_grants", ms_grants),
-        Route("POST", r"/_emulator/revoke", "emulator.revoke", revoke),
-        Route("POST", r"/_emulator/expire", "emulator.expire", expire),
-        Route("POST", r"/_emulator/settings", "emulator.settings", settings),
-        Route("POST", r"/_emulator/consent", "emulator.consent", consent),
-        Route("POST", r"/_emulator/inject", "emulator.inject", inject),
+        Route("POST", r"/_emulator/clients", "emulator.clients", _json_body(clients)),
+        Route("POST", r"/_emulator/grants", "emulator.grants", _json_body(grants)),
+        Route("POST", r"/_emulator/ms/apps", "emulator.ms_apps", _json_body(ms_apps)),
+        Route("POST", r"/_emulator/ms/grants", "emulator.ms_grants", _json_body(ms_grants)),
+        Route("POST", r"/_emulator/revoke", "emulator.revoke", _json_body(revoke)),
+        Route("POST", r"/_emulator/expire", "emulator.expire", _json_body(expire)),
+        Route("POST", r"/_emulator/settings", "emulator.settings", _json_body(settings)),
+        Route("POST", r"/_emulator/consent", "emulator.consent", _json_body(consent)),
+        Route("POST", r"/_emulator/inject", "emulator.inject", _json_body(inject)),
         Route("GET", r"/_emulator/faults", "emulator.faults", faults),
         Route("DELETE", r"/_emulator/faults", "emulator.faults", clear_faults),
-        Route("POST", r"/_emulator/reset", "emulator.reset", reset),
+        Route("POST", r"/_emulator/reset", "emulator.reset", _json_body(reset)),
         Route("GET", r"/_emulator/stats", "emulator.stats", stats),
         Route("GET", r"/_emulator/api/messages", "emulator.messages", messages),
         Route("GET", _MESSAGE, "emulator.message", message),
