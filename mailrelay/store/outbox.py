@@ -237,6 +237,16 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
     now = now or utcnow()
     owner = f"{worker[:80]}/{uuid.uuid4().hex[:12]}"
     expires = now + dt.timedelta(seconds=lease_seconds)
+    attempt_id = str(uuid.uuid4())
+    if get_engine().dialect.name == "postgresql":
+        row = pg_fastpath.run(pg_fastpath.CLAIM, {
+            "message_id": message_id, "owner": owner, "expires": pg_fastpath.naive_utc(expires),
+            "now": pg_fastpath.naive_utc(now), "attempt_id": attempt_id, "worker": worker[:200]})
+        if row is None:
+            return None
+        return _claim(message_id, owner, attempt_id, expires, row,
+                      created_at=pg_fastpath.aware_utc(row.created_at),
+                      retry_since=row.retry_since and pg_fastpath.aware_utc(row.retry_since))
     m = messages.c
     claimable = or_(
         m.state == State.QUEUED.value,
@@ -252,19 +262,7 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
         .returning(m.prev_state, m.attempt_count, m.provider, m.from_address, m.rfc822_message_id,
                    m.payload, m.created_at, m.verify_before_send, m.retry_base, m.retry_since)
     )
-    attempt_id = str(uuid.uuid4())
     with db_errors(), get_engine().begin() as conn:
-        if conn.dialect.name == "postgresql":
-            pg_fastpath.ensure_prepared(conn)
-            row = conn.exec_driver_sql(pg_fastpath.CLAIM, {
-                "message_id": message_id, "owner": owner, "expires": pg_fastpath.naive_utc(expires),
-                "now": pg_fastpath.naive_utc(now), "attempt_id": attempt_id,
-                "worker": worker[:200]}).first()
-            if row is None:
-                return None
-            return _claim(message_id, owner, attempt_id, expires, row,
-                          created_at=pg_fastpath.aware_utc(row.created_at),
-                          retry_since=row.retry_since and pg_fastpath.aware_utc(row.retry_since))
         row = conn.execute(stmt).first()
         if row is None:
             return None
@@ -301,6 +299,21 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
     """
     check({State.SENDING}, outcome.state)
     now = now or outcome.ended_at or utcnow()
+    attempt_outcome = {State.SENT: "sent", State.RETRYING: "retry", State.FAILED: "failed"}[outcome.state]
+    detail = outcome.note or outcome.detail
+    lost_reason = f"attempt ended {attempt_outcome} after the lease was lost"
+    sent = outcome.state is State.SENT
+    if get_engine().dialect.name == "postgresql":
+        row = pg_fastpath.run(pg_fastpath.FINISH, {
+            "message_id": claim.message_id, "owner": claim.owner, "attempt_id": claim.attempt_id,
+            "state": outcome.state.value, "now": pg_fastpath.naive_utc(now),
+            "verify": outcome.verify, "code": outcome.code, "detail": outcome.detail,
+            "next_attempt_at": pg_fastpath.naive_utc(outcome.next_attempt_at), "sent": sent,
+            "provider_message_id": outcome.provider_message_id,
+            "attempt_outcome": attempt_outcome, "attempt_detail": detail,
+            "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
+        })
+        return bool(row and row[0])
     m = messages.c
     values: dict[str, Any] = {
         "prev_state": m.state, "state": outcome.state.value, "updated_at": now,
@@ -308,24 +321,9 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
         "error_code": outcome.code, "error_detail": outcome.detail,
         "next_attempt_at": outcome.next_attempt_at,
     }
-    if outcome.state is State.SENT:
+    if sent:
         values.update(provider_message_id=outcome.provider_message_id, sent_at=now)
-    attempt_outcome = {State.SENT: "sent", State.RETRYING: "retry", State.FAILED: "failed"}[outcome.state]
-    detail = outcome.note or outcome.detail
-    lost_reason = f"attempt ended {attempt_outcome} after the lease was lost"
     with db_errors(), get_engine().begin() as conn:
-        if conn.dialect.name == "postgresql":
-            sent = outcome.state is State.SENT
-            pg_fastpath.ensure_prepared(conn)
-            return bool(conn.exec_driver_sql(pg_fastpath.FINISH, {
-                "message_id": claim.message_id, "owner": claim.owner, "attempt_id": claim.attempt_id,
-                "state": outcome.state.value, "now": pg_fastpath.naive_utc(now),
-                "verify": outcome.verify, "code": outcome.code, "detail": outcome.detail,
-                "next_attempt_at": pg_fastpath.naive_utc(outcome.next_attempt_at), "sent": sent,
-                "provider_message_id": outcome.provider_message_id,
-                "attempt_outcome": attempt_outcome, "attempt_detail": detail,
-                "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
-            }).scalar())
         moved = conn.execute(
             update(messages)
             .where(m.id == claim.message_id, m.state == State.SENDING.value, m.lease_owner == claim.owner)

@@ -1,18 +1,25 @@
 """The claim and finish transitions as one prepared statement each, for PostgreSQL.
 
 The portable path in outbox.py sends the state change, the attempt row and the audit row
-as separate statements: four round trips per transition with the commit. PostgreSQL runs
-data-modifying CTEs, so the same effect fits in one statement and the commit: two round
-trips. The statements are PREPAREd once per connection, because planning a four-part CTE
-costs as much as running it (0.7 ms each, measured). They must do exactly what the
+as separate statements: with psycopg2's BEGIN and the COMMIT, six round trips per
+transition. PostgreSQL runs data-modifying CTEs, so the same effect fits in one statement,
+and one statement in autocommit is a transaction of its own: one round trip. The
+statements are PREPAREd once per connection, because planning a four-part CTE costs as
+much as running it (0.7 ms each, measured). They must do exactly what the
 portable path does; the outbox tests run every transition on both backends.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
-from sqlalchemy import Connection
+import psycopg2
+from psycopg2.extras import NamedTupleCursor
+from sqlalchemy import PoolProxiedConnection
+
+from mailrelay.errors import TransientInfraError
+from mailrelay.store.db import db_errors, get_autocommit_engine
 
 # A send that succeeds rewrites its account's last_success_at only when the stored one is
 # older than this: under load, one account row written every few seconds instead of by
@@ -94,15 +101,52 @@ FINISH = ("EXECUTE mailrelay_finish(%(message_id)s, %(owner)s, %(attempt_id)s, %
           "%(note)s, %(lost_reason)s)")
 
 
-def ensure_prepared(conn: Connection) -> None:
+def run(statement: str, params: dict[str, Any]) -> Any:
+    """Execute CLAIM or FINISH as a transaction of its own; its first row (a named tuple),
+    if any.
+
+    Straight on the pooled DBAPI connection: SQLAlchemy's Connection and result objects
+    cost as much CPU per call as the statement does on the client. What they would do
+    for us is done here: a connection that failed is invalidated (the pool opens a new
+    one next time) and 'the database is away' becomes the retryable error.
+    """
+    try:
+        # The pool hands psycopg2's own error through when it cannot connect.
+        with db_errors():
+            raw = get_autocommit_engine().raw_connection()
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
+        raise _unavailable(err) from err
+    try:
+        ensure_prepared(raw)
+        cursor = raw.cursor(cursor_factory=NamedTupleCursor)
+        try:
+            cursor.execute(statement, params)
+            return cursor.fetchone()
+        finally:
+            cursor.close()
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
+        raw.invalidate(err)
+        raise _unavailable(err) from err
+    finally:
+        raw.close()  # back to the pool
+
+
+def _unavailable(err: Exception) -> TransientInfraError:
+    return TransientInfraError("database_unavailable", type(err).__name__)
+
+
+def ensure_prepared(raw: PoolProxiedConnection) -> None:
     """Prepare both statements once per database session (on first use, so that a
-    connection opened before the tables exist, by a migration, does not fail).
-    PREPARE outlives a ROLLBACK, so doing it inside the caller's transaction is safe."""
-    info = conn.connection.info
-    if not info.get("mailrelay_prepared"):
-        conn.exec_driver_sql(CLAIM_SQL)
-        conn.exec_driver_sql(FINISH_SQL)
-        info["mailrelay_prepared"] = True
+    connection opened before the tables exist, by a migration, does not fail). The
+    pool clears ``info`` when it replaces a connection, so a new session prepares again."""
+    if not raw.info.get("mailrelay_prepared"):
+        cursor = raw.cursor()
+        try:
+            cursor.execute(CLAIM_SQL)
+            cursor.execute(FINISH_SQL)
+        finally:
+            cursor.close()
+        raw.info["mailrelay_prepared"] = True
 
 
 def naive_utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -128,6 +128,32 @@ def test_a_revoked_grant_parks_messages_without_asking_again(
     assert emulator.client.messages() == []
 
 
+def test_a_parked_message_fails_with_auth_revoked_when_its_window_closes(
+        emulator: EmulatorHandle, gmail_account: str, start_worker: Callable[..., Worker]) -> None:
+    from mailrelay.reconcile import reconcile
+    from mailrelay.store.outbox import utcnow
+    from mailrelay.tasks.routing import enqueue_delivery
+
+    window = 60  # the shortest retry window the settings allow
+    # A countdown no longer than 1 s: the wait stays parked in the database, as a day-long
+    # window's would, and only the reconciler brings it back.
+    start_worker("mailrelay.gmail", concurrency=2,
+                 extra_env={"MAILRELAY_RETRY_MAX_AGE": str(window), "MAILRELAY_COUNTDOWN_MAX": "1"})
+    emulator.client.revoke(email=SENDER)
+    parked = _parked(submit(message()).message_id)
+    deadline = dt.datetime.fromisoformat(parked["next_attempt_at"])
+    assert deadline == dt.datetime.fromisoformat(parked["created_at"]) + dt.timedelta(seconds=window)
+    # Nobody reconnects: the reconciler finds it due at the deadline and the last try fails it.
+    wait_for(lambda: utcnow() >= deadline, window + 10, "the retry window to close")
+    assert reconcile(enqueue_delivery, now=utcnow() + dt.timedelta(hours=1)) == 1
+    info = final(parked["id"])
+    assert (info["state"], info["error_code"]) == ("failed", "auth_revoked")
+    assert "not reconnected within the retry window" in info["error_detail"]
+    assert len(info["attempts"]) == 2
+    assert emulator.client.stats()["requests"].get("google.token") == 1
+    assert emulator.client.messages() == []
+
+
 def test_429_waits_for_retry_after(emulator: EmulatorHandle, gmail_worker: Worker) -> None:
     emulator.client.inject(endpoint="gmail.send", status=429, count=1, retry_after=2)
     info = final(submit(message()).message_id)

@@ -213,3 +213,45 @@ def test_a_lost_lease_leaves_the_health_alone(backend: str) -> None:
     stolen = dataclasses.replace(claim, owner="someone-else")
     assert not outbox.finish(stolen, Outcome(State.FAILED, code="invalid_recipient"), latency_ms=1)
     assert _health()["consecutive_failures"] == 0
+
+
+def test_the_postgresql_fast_path_survives_a_dropped_connection(clean_db: None) -> None:
+    """A connection the server dropped is a retryable error once, then replaced and
+    prepared again; a database that refuses connections is the same retryable error."""
+    import os
+
+    from sqlalchemy import text
+
+    from mailrelay.config import get_settings
+    from mailrelay.errors import TransientInfraError
+    from mailrelay.store.db import get_autocommit_engine
+
+    account = _account()
+    first, second, third = (_queued(account) for _ in range(3))
+    get_autocommit_engine().dispose()  # so that the pool holds the one connection dropped below
+    assert outbox.claim(first, worker="w", lease_seconds=60) is not None
+    raw = get_autocommit_engine().raw_connection()
+    backend_pid = raw.dbapi_connection.get_backend_pid()  # type: ignore[union-attr]
+    raw.close()
+    with get_engine().begin() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend_pid}).scalar()
+
+    with pytest.raises(TransientInfraError) as err:
+        outbox.claim(second, worker="w", lease_seconds=60)
+    assert err.value.code == "database_unavailable"
+    claimed = outbox.claim(second, worker="w", lease_seconds=60)
+    assert claimed is not None and claimed.attempt_number == 1
+    assert outbox.finish(claimed, Outcome(State.SENT, provider_message_id="p"), latency_ms=1)
+
+    saved = os.environ["MAILRELAY_DATABASE_URL"]
+    os.environ["MAILRELAY_DATABASE_URL"] = saved.replace(":5432/", ":1/")
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(TransientInfraError) as refused:
+            outbox.claim(third, worker="w", lease_seconds=60)
+        assert refused.value.code == "database_unavailable"
+    finally:
+        os.environ["MAILRELAY_DATABASE_URL"] = saved
+        get_settings.cache_clear()
+    assert (outbox.status(third) or {})["state"] == "queued"
+    assert outbox.claim(third, worker="w", lease_seconds=60) is not None
