@@ -14,7 +14,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailrelay.errors import ValidationError
@@ -28,6 +28,67 @@ messages = MESSAGES
 attempts = ATTEMPTS
 audit = AUDIT
 accounts = ACCOUNTS
+
+# The portable path's hot statements, built once. SQLAlchemy then only finds their
+# compiled form; building them per call cost more CPU than SQLite's own work (bind
+# parameter names start with p_ because a column's name is reserved in SET clauses).
+_m = messages.c
+_CLAIM = (
+    update(messages)
+    .where(_m.id == bindparam("p_id"), or_(
+        _m.state == State.QUEUED.value,
+        and_(_m.state == State.RETRYING.value,
+             or_(_m.next_attempt_at.is_(None), _m.next_attempt_at <= bindparam("p_now"))),
+        and_(_m.state == State.SENDING.value, _m.lease_expires_at < bindparam("p_now")),
+    ))
+    .values(prev_state=_m.state, state=State.SENDING.value, lease_owner=bindparam("p_owner"),
+            lease_expires_at=bindparam("p_expires"), attempt_count=_m.attempt_count + 1,
+            updated_at=bindparam("p_now"),
+            verify_before_send=case((_m.state == State.SENDING.value, True),
+                                    else_=_m.verify_before_send))
+    .returning(_m.prev_state, _m.attempt_count, _m.provider, _m.from_address,
+               _m.rfc822_message_id, _m.payload, _m.created_at, _m.verify_before_send,
+               _m.retry_base, _m.retry_since)
+)
+_CLOSE_EXPIRED = (
+    update(attempts)
+    .where(attempts.c.message_id == bindparam("p_id"), attempts.c.outcome.is_(None))
+    .values(outcome="unknown", finished_at=bindparam("p_now"), error_code="internal_error",
+            detail="lease expired before the attempt finished")
+)
+_FINISH = (
+    update(messages)
+    .where(_m.id == bindparam("p_id"), _m.state == State.SENDING.value,
+           _m.lease_owner == bindparam("p_owner"))
+    .values(prev_state=_m.state, state=bindparam("p_state"), updated_at=bindparam("p_now"),
+            lease_owner=None, lease_expires_at=None, verify_before_send=bindparam("p_verify"),
+            error_code=bindparam("p_code"), error_detail=bindparam("p_detail"),
+            next_attempt_at=bindparam("p_next"))
+)
+_FINISH_SENT = _FINISH.values(provider_message_id=bindparam("p_provider_id"),
+                              sent_at=bindparam("p_now"))
+_CLOSE_ATTEMPT = (
+    update(attempts).where(attempts.c.id == bindparam("p_attempt"))
+    .values(finished_at=bindparam("p_now"), outcome=bindparam("p_outcome"),
+            error_code=bindparam("p_code"), detail=bindparam("p_attempt_detail"),
+            latency_ms=bindparam("p_latency"))
+)
+_OWNER = select(_m.account_id).where(_m.id == bindparam("p_id")).scalar_subquery()
+_HEALTH_SENT = (
+    update(accounts)
+    .where(accounts.c.id == _OWNER,
+           or_(accounts.c.consecutive_failures != 0, accounts.c.last_success_at.is_(None),
+               accounts.c.last_success_at < bindparam("p_stale")))
+    .values(last_success_at=bindparam("p_now"), consecutive_failures=0)
+)
+_HEALTH_FAILED = (
+    update(accounts).where(accounts.c.id == _OWNER)
+    .values(consecutive_failures=accounts.c.consecutive_failures + 1,
+            last_failure_at=bindparam("p_now"), last_error_code=bindparam("p_code"),
+            last_error_detail=bindparam("p_detail"))
+)
+_INSERT_ATTEMPT = insert(attempts)
+_INSERT_AUDIT = insert(audit)
 
 RAW_PAYLOAD_LIMIT = 64 * 1024
 
@@ -105,8 +166,9 @@ class Outcome:
 def _audit(conn: Connection, message_id: str | None, actor: str, action: str, *, now: dt.datetime,
            from_state: str | None = None, to_state: str | None = None, code: str | None = None,
            reason: str | None = None) -> None:
-    conn.execute(insert(audit).values(message_id=message_id, at=now, actor=actor[:200], action=action,
-                                      from_state=from_state, to_state=to_state, code=code, reason=reason))
+    conn.execute(_INSERT_AUDIT, {"message_id": message_id, "at": now, "actor": actor[:200],
+                                 "action": action, "from_state": from_state, "to_state": to_state,
+                                 "code": code, "reason": reason})
 
 
 # --- accounts ---------------------------------------------------------------------------
@@ -247,33 +309,16 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
         return _claim(message_id, owner, attempt_id, expires, row,
                       created_at=pg_fastpath.aware_utc(row.created_at),
                       retry_since=row.retry_since and pg_fastpath.aware_utc(row.retry_since))
-    m = messages.c
-    claimable = or_(
-        m.state == State.QUEUED.value,
-        and_(m.state == State.RETRYING.value, or_(m.next_attempt_at.is_(None), m.next_attempt_at <= now)),
-        and_(m.state == State.SENDING.value, m.lease_expires_at < now),
-    )
-    stmt = (
-        update(messages).where(m.id == message_id, claimable)
-        .values(prev_state=m.state, state=State.SENDING.value, lease_owner=owner,
-                lease_expires_at=expires, attempt_count=m.attempt_count + 1, updated_at=now,
-                verify_before_send=case((m.state == State.SENDING.value, True),
-                                        else_=m.verify_before_send))
-        .returning(m.prev_state, m.attempt_count, m.provider, m.from_address, m.rfc822_message_id,
-                   m.payload, m.created_at, m.verify_before_send, m.retry_base, m.retry_since)
-    )
     with db_errors(), get_engine().begin() as conn:
-        row = conn.execute(stmt).first()
+        row = conn.execute(_CLAIM, {"p_id": message_id, "p_now": now, "p_owner": owner,
+                                    "p_expires": expires}).first()
         if row is None:
             return None
         if row.prev_state == State.SENDING.value:
-            conn.execute(update(attempts)
-                         .where(attempts.c.message_id == message_id, attempts.c.outcome.is_(None))
-                         .values(outcome="unknown", finished_at=now, error_code="internal_error",
-                                 detail="lease expired before the attempt finished"))
-        conn.execute(insert(attempts).values(id=attempt_id, message_id=message_id,
-                                             number=row.attempt_count, worker=worker[:200],
-                                             started_at=now))
+            conn.execute(_CLOSE_EXPIRED, {"p_id": message_id, "p_now": now})
+        conn.execute(_INSERT_ATTEMPT, {"id": attempt_id, "message_id": message_id,
+                                       "number": row.attempt_count, "worker": worker[:200],
+                                       "started_at": now})
         _audit(conn, message_id, owner, "claim", now=now, from_state=row.prev_state,
                to_state=State.SENDING)
     return _claim(message_id, owner, attempt_id, expires, row, created_at=row.created_at,
@@ -314,24 +359,14 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
             "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
         })
         return bool(row and row[0])
-    m = messages.c
-    values: dict[str, Any] = {
-        "prev_state": m.state, "state": outcome.state.value, "updated_at": now,
-        "lease_owner": None, "lease_expires_at": None, "verify_before_send": outcome.verify,
-        "error_code": outcome.code, "error_detail": outcome.detail,
-        "next_attempt_at": outcome.next_attempt_at,
-    }
-    if sent:
-        values.update(provider_message_id=outcome.provider_message_id, sent_at=now)
+    params = {"p_id": claim.message_id, "p_owner": claim.owner, "p_state": outcome.state.value,
+              "p_now": now, "p_verify": outcome.verify, "p_code": outcome.code,
+              "p_detail": outcome.detail, "p_next": outcome.next_attempt_at,
+              "p_provider_id": outcome.provider_message_id, "p_attempt": claim.attempt_id,
+              "p_outcome": attempt_outcome, "p_attempt_detail": detail, "p_latency": latency_ms}
     with db_errors(), get_engine().begin() as conn:
-        moved = conn.execute(
-            update(messages)
-            .where(m.id == claim.message_id, m.state == State.SENDING.value, m.lease_owner == claim.owner)
-            .values(values)
-        ).rowcount
-        conn.execute(update(attempts).where(attempts.c.id == claim.attempt_id).values(
-            finished_at=now, outcome=attempt_outcome, error_code=outcome.code, detail=detail,
-            latency_ms=latency_ms))
+        moved = conn.execute(_FINISH_SENT if sent else _FINISH, params).rowcount
+        conn.execute(_CLOSE_ATTEMPT, params)
         if moved:
             _record_health(conn, claim.message_id, outcome, now)
             _audit(conn, claim.message_id, claim.owner, "finish", now=now,
@@ -387,18 +422,12 @@ def release(claim: Claim, *, until: dt.datetime, reason: str, now: dt.datetime |
 
 def _record_health(conn: Connection, message_id: str, outcome: Outcome, now: dt.datetime) -> None:
     """The account's health after an attempt; the same rules as pg_fastpath's ``health``."""
-    a = accounts.c
-    owner = select(messages.c.account_id).where(messages.c.id == message_id).scalar_subquery()
     if outcome.state is State.SENT:
         stale = now - dt.timedelta(seconds=pg_fastpath.SUCCESS_STAMP_SECONDS)
-        conn.execute(update(accounts).where(
-            a.id == owner,
-            or_(a.consecutive_failures != 0, a.last_success_at.is_(None), a.last_success_at < stale),
-        ).values(last_success_at=now, consecutive_failures=0))
+        conn.execute(_HEALTH_SENT, {"p_id": message_id, "p_now": now, "p_stale": stale})
     else:
-        conn.execute(update(accounts).where(a.id == owner).values(
-            consecutive_failures=a.consecutive_failures + 1, last_failure_at=now,
-            last_error_code=outcome.code, last_error_detail=outcome.detail))
+        conn.execute(_HEALTH_FAILED, {"p_id": message_id, "p_now": now, "p_code": outcome.code,
+                                      "p_detail": outcome.detail})
 
 
 @dataclass(frozen=True)
