@@ -55,13 +55,7 @@ def make_engine(url: str, pool_size: int = 2, *, autocommit: bool = False) -> En
 
 
 def get_engine(url: str | None = None) -> Engine:
-    settings = get_settings()
-    url = url or settings.database_url
-    key = (os.getpid(), url, False)
-    engine = _engines.get(key)
-    if engine is None:
-        engine = _engines[key] = make_engine(url, settings.db_pool_size)
-    return engine
+    return _cached_engine(url or get_settings().database_url, autocommit=False)
 
 
 def get_autocommit_engine() -> Engine:
@@ -72,12 +66,14 @@ def get_autocommit_engine() -> Engine:
     its own, because a connection that a caller expects to be transactional must never
     arrive in autocommit.
     """
-    settings = get_settings()
-    key = (os.getpid(), settings.database_url, True)
+    return _cached_engine(get_settings().database_url, autocommit=True)
+
+
+def _cached_engine(url: str, *, autocommit: bool) -> Engine:
+    key = (os.getpid(), url, autocommit)
     engine = _engines.get(key)
     if engine is None:
-        engine = _engines[key] = make_engine(settings.database_url, settings.db_pool_size,
-                                             autocommit=True)
+        engine = _engines[key] = make_engine(url, get_settings().db_pool_size, autocommit=autocommit)
     return engine
 
 
