@@ -173,18 +173,22 @@ class _TextReader(TolerantParser):
 
     # Writing.
 
+    def _emit(self, text: str) -> None:
+        """Put ``text`` on the current line, after any pending line breaks and space."""
+        self._flush_newlines()
+        if self._space:
+            self._out.append(" ")
+        self._out.append(text)
+        self._started = True
+        self._fresh = False
+        self._space = False
+
     def _word(self, word: str) -> None:
         if self._fresh:
             word = word.lstrip(_NBSP)
             if not word:
                 return
-        self._flush_newlines()
-        if self._space:
-            self._out.append(" ")
-        self._out.append(word)
-        self._started = True
-        self._fresh = False
-        self._space = False
+        self._emit(word)
         if self._link is not None:
             self._link[1].append(word)
 
@@ -231,13 +235,7 @@ class _TextReader(TolerantParser):
             if number:
                 self._line_break()
             if line:
-                self._flush_newlines()
-                if self._space:
-                    self._out.append(" ")
-                self._out.append(line)
-                self._started = True
-                self._fresh = False
-                self._space = False
+                self._emit(line)
 
     def _end_link(self) -> None:
         if self._link is None:
