@@ -23,6 +23,7 @@ import redis
 
 from mailrelay import limits, providers, ratelimit
 from mailrelay.auth import credentials
+from mailrelay.auth.accounts import AccountNotFound
 from mailrelay.auth.credentials import Credentials
 from mailrelay.auth.crypto import SecretUnreadable
 from mailrelay.auth.tokens import manager as token_manager
@@ -34,7 +35,6 @@ from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST, RATE_LI
 from mailrelay.providers.base import Outbound, ProviderAdapter
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
-from mailrelay.store.accounts import AccountNotFound
 from mailrelay.store.outbox import Claim, Outcome
 from mailrelay.store.states import State
 

@@ -30,8 +30,8 @@ def emulator_account(emulator: Any, provider: str, address: str, *, client_id: s
                      client_secret: str, tenant: str | None = None) -> None:
     """Register ``address`` with a fresh grant from the emulator, which forgets grants when
     it restarts: a new account, or new secrets for an existing one."""
+    from mailrelay.auth import accounts
     from mailrelay.auth.credentials import forget
-    from mailrelay.store import accounts
 
     refresh = emulator.connect(provider, client_id, client_secret, address, tenant)
     if address in {a["address"] for a in accounts.list_all()}:

@@ -1,13 +1,12 @@
 """What a worker profile is, and how one becomes `celery worker` arguments.
 
 The profiles themselves are data in the top-level ``workers/`` package, one module per
-queue, each defining ``PROFILE``.
+queue, each defining ``PROFILE``; that package finds and loads them. This module imports
+nothing of mailrelay, so the profiles import it downward.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from dataclasses import dataclass
 
 
@@ -35,18 +34,3 @@ class WorkerProfile:
             # worker is independent, and the outbox, not the broker, holds shared state.
             "--without-gossip", "--without-mingle",
         ]
-
-
-def names() -> list[str]:
-    import workers
-
-    return sorted(m.name for m in pkgutil.iter_modules(workers.__path__) if not m.name.startswith("_"))
-
-
-def load(name: str) -> WorkerProfile:
-    if name not in names():
-        raise KeyError(f"no worker profile {name!r}; profiles: {', '.join(names())}")
-    profile = importlib.import_module(f"workers.{name}").PROFILE
-    if not isinstance(profile, WorkerProfile):
-        raise TypeError(f"workers.{name}.PROFILE is not a WorkerProfile")
-    return profile

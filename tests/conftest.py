@@ -43,7 +43,7 @@ def clean_redis() -> None:
 
 @pytest.fixture
 def sink_account(clean_db: None) -> str:
-    from mailrelay.store import accounts
+    from mailrelay.auth import accounts
 
     return str(accounts.add("sink", "sender@example.com")["address"])
 

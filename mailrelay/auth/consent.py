@@ -26,8 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from mailrelay import providers
-from mailrelay.store import accounts
+from mailrelay.auth import accounts
 
 
 class ConsentError(Exception):
@@ -45,6 +44,22 @@ class Granted:
     refresh_token: str
     signed_in: str
     scopes: tuple[str, ...]
+
+
+class ConsentProvider(Protocol):
+    """What consent needs of a provider adapter (``mailrelay.providers.base``), which the
+    caller passes in: auth sits below the providers and does not import them."""
+
+    @property
+    def name(self) -> str:
+        ...
+
+    def check_account(self, *, client_id: str | None, tenant: str | None, app_only: bool) -> None:
+        ...
+
+    def consent_flow(self, *, client_id: str, client_secret: str, tenant: str | None,
+                     redirect_uri: str, login_hint: str) -> ConsentFlow:
+        ...
 
 
 class ConsentFlow(Protocol):
@@ -133,9 +148,8 @@ class Connected:
     scopes: tuple[str, ...]
 
 
-def begin(provider: str, address: str, *, client_id: str, client_secret: str,
+def begin(adapter: ConsentProvider, address: str, *, client_id: str, client_secret: str,
           tenant: str | None, redirect_uri: str) -> ConsentFlow:
-    adapter = providers.adapter_class(provider)()
     adapter.check_account(client_id=client_id, tenant=tenant, app_only=False)
     return adapter.consent_flow(client_id=client_id, client_secret=client_secret, tenant=tenant,
                                 redirect_uri=redirect_uri, login_hint=address)
@@ -186,16 +200,16 @@ def _store(provider: str, address: str, granted: Granted, *, client_id: str, cli
     return Connected(address, provider, False, len(parked), granted.scopes)
 
 
-def run(provider: str, address: str, *, client_id: str, client_secret: str, tenant: str | None,
-        timeout: float, show_url: Callable[[str], None],
+def run(adapter: ConsentProvider, address: str, *, client_id: str, client_secret: str,
+        tenant: str | None, timeout: float, show_url: Callable[[str], None],
         enqueue: Callable[[str, str], None] | None = None) -> Connected:
     """The whole consent: listen, show the URL, wait, check, store."""
     with LoopbackReceiver() as receiver:
-        flow = begin(provider, address, client_id=client_id, client_secret=client_secret,
+        flow = begin(adapter, address, client_id=client_id, client_secret=client_secret,
                      tenant=tenant, redirect_uri=receiver.redirect_uri)
         show_url(flow.url)
         response = receiver.wait(timeout)
-    return complete(flow, response, provider=provider, address=address, client_id=client_id,
+    return complete(flow, response, provider=adapter.name, address=address, client_id=client_id,
                     client_secret=client_secret, tenant=tenant, enqueue=enqueue)
 
 

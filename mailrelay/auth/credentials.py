@@ -12,6 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from mailrelay.auth import crypto
+from mailrelay.auth.crypto import SecretUnreadable
+from mailrelay.errors import ProviderError
+from mailrelay.store import accounts as rows
+from mailrelay.store.accounts import AccountNotFound
+
 CACHE_SECONDS = 30.0
 
 
@@ -37,25 +43,35 @@ class Credentials:
 _cache: dict[str, tuple[float, Credentials]] = {}
 
 
+def load(address: str) -> Credentials:
+    """The account's credentials read from its row now, secrets decrypted."""
+    row = rows.row_of(address)
+    return Credentials(
+        id=row.id, address=row.address, provider=row.provider, state=row.state,
+        client_id=row.client_id, tenant=row.tenant, app_only=bool(row.app_only),
+        client_secret=crypto.decrypt(row.client_secret_enc) if row.client_secret_enc else None,
+        refresh_token=crypto.decrypt(row.refresh_token_enc) if row.refresh_token_enc else None,
+        rate_limit_per_minute=row.rate_limit_per_minute)
+
+
+def store_refresh_token(account_id: int, refresh_token: str) -> None:
+    """Persist a rotated refresh token; called before the access token that came with it is used."""
+    rows.set_values(account_id, refresh_token_enc=crypto.encrypt(refresh_token))
+
+
 def cached(address: str) -> Credentials:
     """The account's credentials, at most CACHE_SECONDS old."""
-    from mailrelay.store import accounts
-
     now = time.monotonic()
     hit = _cache.get(address)
     if hit is not None and now - hit[0] < CACHE_SECONDS:
         return hit[1]
-    creds = accounts.credentials(address)
+    creds = load(address)
     _cache[address] = (now, creds)
     return creds
 
 
 def sendable(address: str, provider: str) -> Credentials:
     """The account's credentials, or the ProviderError that says why it cannot send now."""
-    from mailrelay.auth.crypto import SecretUnreadable
-    from mailrelay.errors import ProviderError
-    from mailrelay.store.accounts import AccountNotFound
-
     try:
         account = cached(address)
         if account.state != "active":

@@ -9,10 +9,10 @@ Each diagnosis has a stable ``kind``, for scripts, and a sentence, for people.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from mailrelay import providers
 from mailrelay.auth.credentials import Credentials
+from mailrelay.auth.tokens import TokenGrant, manager
 from mailrelay.errors import MailrelayError
 
 WORDS = {
@@ -88,13 +88,26 @@ def _failed(err: MailrelayError) -> Diagnosis:
     return Diagnosis(False, kind, WORDS[kind], err.code, str(err))
 
 
-def diagnose(creds: Credentials, health: dict[str, Any]) -> Diagnosis:
-    """``health`` is the account's public row (its last failure)."""
-    from mailrelay.auth.tokens import manager
+class Probe(Protocol):
+    """What a check needs of the account's provider adapter (``mailrelay.providers``),
+    which the caller passes in: auth sits below the providers and does not import them."""
 
+    @property
+    def uses_oauth(self) -> bool:
+        ...
+
+    def refresh(self, account: Credentials) -> TokenGrant:
+        ...
+
+    def probe(self, account: Credentials, tokens: Any) -> str | None:
+        ...
+
+
+def diagnose(creds: Credentials, health: dict[str, Any], adapter: Probe) -> Diagnosis:
+    """``health`` is the account's public row (its last failure); ``adapter`` the
+    provider adapter of ``creds.provider``."""
     if creds.state == "disabled":
         return Diagnosis(False, "disabled", WORDS["disabled"], "account_disabled")
-    adapter = providers.get(creds.provider)
     signed_in = None
     try:
         if adapter.uses_oauth:

@@ -29,12 +29,13 @@ from typing import Any, cast
 import redis
 from redis.exceptions import LockError
 
-from mailrelay.auth import crypto
+from mailrelay.auth import credentials, crypto
 from mailrelay.auth.credentials import Credentials
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
 from mailrelay.logctx import get_logger
 from mailrelay.redis_client import get_redis, key
+from mailrelay.store import accounts
 
 log = get_logger(__name__)
 
@@ -144,11 +145,9 @@ class TokenManager:
 
     def _refresh_locked(self, account: Credentials, refresher: Refresher, lock: Any,
                         token_key: str) -> str:
-        from mailrelay.store import accounts
-
         # The row, not the cache: another process may have stored a rotated refresh token.
         try:
-            fresh = accounts.credentials(account.address)
+            fresh = credentials.load(account.address)
         except accounts.AccountNotFound:
             raise ProviderError("unknown_account", "the account was removed") from None
         if fresh.state == "reauth_required":  # the tombstone was lost (Redis restarted)
@@ -163,7 +162,7 @@ class TokenManager:
                 log.warning("grant revoked; account marked reauth_required")
             raise
         if grant.refresh_token and grant.refresh_token != fresh.refresh_token:
-            accounts.store_refresh_token(account.id, grant.refresh_token)
+            credentials.store_refresh_token(account.id, grant.refresh_token)
         accounts.record_refresh(account.id)
         ttl = int(grant.expires_at - time.time() - self.margin)
         if ttl > 0 and lock.owned():

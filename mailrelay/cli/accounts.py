@@ -12,10 +12,10 @@ import sys
 import click
 
 from mailrelay import providers
+from mailrelay.auth import accounts
 from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.errors import ValidationError
-from mailrelay.store import accounts
 
 
 @click.group("accounts")
@@ -147,7 +147,7 @@ def check(address: str, as_json: bool) -> None:
         health = accounts.health(address)
     except accounts.AccountNotFound as err:
         raise Exit(str(err), NOT_FOUND) from None
-    found = diagnose(creds, health)
+    found = diagnose(creds, health, providers.get(creds.provider))
     result = {"address": creds.address, "provider": creds.provider,
               "state": accounts.health(address)["state"], **found.as_dict()}
     if as_json:

@@ -15,9 +15,9 @@ import webbrowser
 import click
 
 from mailrelay import providers
+from mailrelay.auth import accounts
 from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option
-from mailrelay.store import accounts
 
 CONSENT_PROVIDERS = [name for name in providers.names()
                      if providers.adapter_class(name).supports_consent]
@@ -100,7 +100,8 @@ def _consent(provider: str, address: str, client_id: str, secret: str, tenant: s
         click.echo(f"waiting up to {timeout:.0f} s for the answer...", err=True)
 
     try:
-        done = consent.run(provider, address, client_id=client_id, client_secret=secret,
+        adapter = providers.adapter_class(provider)()
+        done = consent.run(adapter, address, client_id=client_id, client_secret=secret,
                            tenant=tenant, timeout=timeout, show_url=show, enqueue=_enqueue)
     except consent.ConsentError as err:
         raise Exit(f"consent refused ({err.kind}): {err}", FAILED) from None

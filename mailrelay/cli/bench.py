@@ -94,11 +94,11 @@ class Bench:
 
 
 def _prepare_gmail(stack: Any) -> tuple[Any, str]:
+    from mailrelay.auth import accounts
     from mailrelay.config import get_settings
     from mailrelay.devstack import emulator_account, emulator_env
     from mailrelay.emulator.client import EmulatorClient
     from mailrelay.providers.gmail import GmailAdapter
-    from mailrelay.store import accounts
 
     url, bundle = stack.start_emulator()
     os.environ.update(emulator_env(url, bundle))
@@ -133,8 +133,9 @@ def command(provider: str, messages: int, rounds: int, concurrency: int, latency
     workdir = Path(tempfile.mkdtemp(prefix="mailrelay-bench-"))
     os.environ["MAILRELAY_DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'bench.db'}"
     os.environ.setdefault("MAILRELAY_SECRET_KEY", new_key())
+    from mailrelay.auth import accounts
     from mailrelay.config import get_settings
-    from mailrelay.store import accounts, migrate
+    from mailrelay.store import migrate
 
     get_settings.cache_clear()
     migrate.upgrade(get_settings().database_url)

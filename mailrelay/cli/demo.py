@@ -153,9 +153,9 @@ def command(once: bool, workdir: Path) -> None:
 
 def _accounts(emulator: Any, smtp_port: int) -> None:
     """Register the demo accounts; the emulator forgets grants between runs, so renew them."""
+    from mailrelay.auth import accounts
     from mailrelay.auth.credentials import forget
     from mailrelay.devstack import emulator_account
-    from mailrelay.store import accounts
 
     emulator_account(emulator, "gmail", GMAIL_SENDER, client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
     emulator_account(emulator, "microsoft", MS_SENDER, client_id=CLIENT_ID,

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from mailrelay import providers
+from mailrelay import replay as replay_plan
 from mailrelay.cli.exits import NOT_FOUND, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.config import get_settings, operator_name
@@ -149,7 +150,7 @@ def replay(message_ids: tuple[str, ...], provider: str | None, account: str | No
                    USAGE)
     if not dry_run and not (reason or "").strip():
         raise Exit("--reason is required: it is recorded in the audit table with your name", USAGE)
-    candidates = oncall.select_for_replay(message_ids, provider=provider, account=account,
+    candidates = replay_plan.select_for_replay(message_ids, provider=provider, account=account,
                                           code=code, since=since, limit=limit)
     chosen = [c for c in candidates if c.replay]
     operator = operator_name(get_settings())
@@ -169,7 +170,7 @@ def replay(message_ids: tuple[str, ...], provider: str | None, account: str | No
     _report(candidates, results, operator, reason, dry_run=False, as_json=as_json)
 
 
-def _show(candidates: list[oncall.Candidate], by_filter: bool) -> None:
+def _show(candidates: list[replay_plan.Candidate], by_filter: bool) -> None:
     if not candidates:
         click.echo("no failed message matches" if by_filter else "no messages given")
         return
@@ -181,7 +182,7 @@ def _show(candidates: list[oncall.Candidate], by_filter: bool) -> None:
 REPLAYED, NOT_ENQUEUED, RACED = "replayed", "replayed; not enqueued", "no longer failed"
 
 
-def _replay_all(chosen: list[oncall.Candidate], *, operator: str, reason: str) -> dict[str, str]:
+def _replay_all(chosen: list[replay_plan.Candidate], *, operator: str, reason: str) -> dict[str, str]:
     """Replay each message, then put it on its provider's queue. A publish that fails
     leaves the message queued in the database, where the reconciler finds it; after one
     failure the rest are not published either (the broker is down, and each try waits)."""
@@ -214,7 +215,7 @@ def _replay_all(chosen: list[oncall.Candidate], *, operator: str, reason: str) -
     return results
 
 
-def _report(candidates: list[oncall.Candidate], results: dict[str, str], operator: str,
+def _report(candidates: list[replay_plan.Candidate], results: dict[str, str], operator: str,
             reason: str | None, *, dry_run: bool, as_json: bool) -> None:
     messages = []
     skipped: Counter[str] = Counter()
@@ -222,7 +223,7 @@ def _report(candidates: list[oncall.Candidate], results: dict[str, str], operato
         planned = "would replay" if c.replay else "skipped"
         result = planned if dry_run else results.get(c.id, "skipped")
         if result == "skipped":
-            skipped[c.state or oncall.NOT_FOUND] += 1
+            skipped[c.state or replay_plan.NOT_FOUND] += 1
         elif result == RACED:
             skipped[RACED] += 1
         messages.append({**c.as_dict(), "result": result})

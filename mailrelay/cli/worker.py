@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from mailrelay import worker_profiles
+import workers
 
 
 @click.command("worker", context_settings={"ignore_unknown_options": True})
 @click.option("--profile", "profile_name", required=True,
-              type=click.Choice(worker_profiles.names()), help="Which queues and pool (see workers/).")
+              type=click.Choice(workers.names()), help="Which queues and pool (see workers/).")
 @click.option("--concurrency", type=click.IntRange(1, 256), help="Override the profile's concurrency.")
 @click.option("--loglevel", default=None, help="Celery log level (default: MAILRELAY_LOG_LEVEL).")
 @click.option("--hostname", help="Worker node name (default: PROFILE@host).")
@@ -20,7 +20,7 @@ def command(profile_name: str, concurrency: int | None, loglevel: str | None, ho
     """Run a worker for PROFILE; extra arguments go to `celery worker`."""
     from mailrelay.config import get_settings
 
-    profile = worker_profiles.load(profile_name)
+    profile = workers.load(profile_name)
     argv = profile.argv(concurrency=concurrency, loglevel=loglevel or get_settings().log_level,
                         hostname=hostname) + list(celery_args)
     if dry_run:

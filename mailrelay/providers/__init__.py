@@ -1,50 +1,25 @@
 """The provider registry: name → adapter class, imported lazily, one instance per process.
 
-Queues, routes and the README's feature table are generated from this table; adding a
-provider means its module, a line here, an extras line and its tests.
+The table itself is ``mailrelay.provider_names``, low enough for every layer to read.
+Queues, routes and the README's feature table are generated from it; adding a provider
+means its module, a line there, an extras line and its tests.
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 
-from mailrelay.errors import ValidationError
+from mailrelay.provider_names import QUEUE_PREFIX, REGISTRY, check, names, queue_for
 from mailrelay.providers.base import Capabilities, ProviderAdapter
 
-REGISTRY: dict[str, str] = {
-    "gmail": "mailrelay.providers.gmail:GmailAdapter",
-    "microsoft": "mailrelay.providers.microsoft:MicrosoftAdapter",
-    "sink": "mailrelay.providers.sink:SinkAdapter",
-    "smtp": "mailrelay.providers.smtp:SmtpAdapter",
-}
-
-QUEUE_PREFIX = "mailrelay."
+__all__ = ["QUEUE_PREFIX", "REGISTRY", "adapter_class", "capabilities", "get", "names", "queue_for"]
 
 _instances: dict[tuple[int, str], ProviderAdapter] = {}
 
 
-def names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
-def queue_for(name: str) -> str:
-    _check(name)
-    return QUEUE_PREFIX + name
-
-
-def _check(name: str) -> None:
-    if name not in REGISTRY:
-        hint = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-        known = ", ".join(REGISTRY)
-        raise ValidationError("unknown_provider",
-                              f"no provider {name[:40]!r} (known: {known}){suggestion}")
-
-
 def adapter_class(name: str) -> type[ProviderAdapter]:
-    _check(name)
+    check(name)
     module_name, _, class_name = REGISTRY[name].partition(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     if not (isinstance(cls, type) and issubclass(cls, ProviderAdapter)):

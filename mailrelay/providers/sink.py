@@ -13,26 +13,19 @@ had been lost.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any, cast
-
-from sqlalchemy import insert, select
 
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
 from mailrelay.message import build_mime
 from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
 from mailrelay.redis_client import get_redis, key
-from mailrelay.store.db import get_engine
-from mailrelay.store.models import SINK_DELIVERIES
-from mailrelay.store.outbox import utcnow
+from mailrelay.store import sink_deliveries
 
 FAULTS_KEY = key("sink", "faults")
-deliveries = SINK_DELIVERIES
 
 
 @dataclass(frozen=True)
@@ -63,14 +56,9 @@ class SinkAdapter(ProviderAdapter):
         latency = get_settings().sink_latency_ms
         if latency:
             time.sleep(latency / 1000)
-        delivery_id = str(uuid.uuid4())
-        with get_engine().begin() as conn:
-            conn.execute(insert(deliveries).values(
-                id=delivery_id, message_id=out.message_id,
-                rfc822_message_id=out.rfc822_message_id, sender=out.message.sender.address,
-                envelope=json.dumps(prepared.envelope), size_bytes=len(prepared.raw),
-                sha256=hashlib.sha256(prepared.raw).hexdigest(), raw=prepared.raw,
-                delivered_at=utcnow()))
+        delivery_id = sink_deliveries.record(
+            message_id=out.message_id, rfc822_message_id=out.rfc822_message_id,
+            sender=out.message.sender.address, envelope=prepared.envelope, raw=prepared.raw)
         if fault:
             raise _fault_error(fault, sent=True)
         return delivery_id
@@ -79,11 +67,7 @@ class SinkAdapter(ProviderAdapter):
         return SendResult(provider_message_id=str(response))
 
     def find_sent(self, out: Outbound, tokens: TokenSource | None = None) -> str | None:
-        with get_engine().connect() as conn:
-            found = conn.execute(select(deliveries.c.id)
-                                 .where(deliveries.c.rfc822_message_id == out.rfc822_message_id)
-                                 .limit(1)).scalar()
-        return str(found) if found else None
+        return sink_deliveries.find(out.rfc822_message_id)
 
 
 def _next_fault() -> dict[str, Any] | None:

@@ -1,18 +1,18 @@
-"""Registered sending accounts. Secrets are stored encrypted and decrypted only here and
-in mailrelay.auth; nothing that lists accounts shows them."""
+"""Registered sending accounts as rows. Secrets arrive here already encrypted and leave
+encrypted: encryption, decryption and the token cache belong to ``mailrelay.auth.accounts``,
+which every caller outside the store goes through."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy.engine import Row
 from sqlalchemy.exc import IntegrityError
 
-from mailrelay import providers
 from mailrelay.addressing import parse_mailbox
-from mailrelay.auth import crypto
-from mailrelay.auth.credentials import Credentials
 from mailrelay.errors import ValidationError
 from mailrelay.store.db import db_errors, get_engine
 from mailrelay.store.models import ACCOUNTS, AUDIT, MESSAGES
@@ -21,6 +21,7 @@ from mailrelay.store.outbox import utcnow
 accounts = ACCOUNTS
 
 STATES = ("active", "reauth_required", "disabled")
+SECRET_COLUMNS = ("client_secret_enc", "refresh_token_enc")
 
 
 class AccountExists(Exception):
@@ -39,52 +40,26 @@ def normalize_address(address: str) -> str:
     return mailbox.address.lower()
 
 
-def add(provider: str, address: str, *, client_id: str | None = None, tenant: str | None = None,
-        app_only: bool = False, rate_limit_per_minute: int | None = None,
-        client_secret: str | None = None, refresh_token: str | None = None,
-        html_policy: str | None = None) -> dict[str, Any]:
-    providers.queue_for(provider)  # unknown provider: ValidationError with a hint
-    now = utcnow()
-    row = {"address": normalize_address(address), "provider": provider, "state": "active",
-           "client_id": client_id, "tenant": tenant, "app_only": app_only,
-           "rate_limit_per_minute": rate_limit_per_minute, "html_policy": html_policy,
-           "created_at": now, "updated_at": now,
-           "consecutive_failures": 0,
-           "client_secret_enc": crypto.encrypt(client_secret) if client_secret else None,
-           "refresh_token_enc": crypto.encrypt(refresh_token) if refresh_token else None}
+def insert_row(row: dict[str, Any]) -> int:
+    """Insert a new account row; its id. ``AccountExists`` if the address is taken."""
     try:
         with db_errors(), get_engine().begin() as conn:
             inserted = conn.execute(insert(accounts).values(row)).inserted_primary_key
-            account_id = inserted[0] if inserted else 0
     except IntegrityError:
         raise AccountExists(f"an account for {row['address']!s} exists already") from None
-    _forget_tokens(int(account_id))  # SQLite reuses ids: never inherit another's token
-    return public(row)
+    return int(inserted[0]) if inserted else 0
 
 
-def _forget_tokens(account_id: int) -> None:
-    """Drop the cached access token and any revocation tombstone of this account id."""
-    from mailrelay.auth.credentials import forget
-    from mailrelay.auth.tokens import manager
-
-    manager().reinstate(account_id)
-    forget()
-
-
-def credentials(address: str) -> Credentials:
+def row_of(address: str) -> Row[Any]:
+    """The account's whole row, secrets still encrypted."""
     with db_errors(), get_engine().connect() as conn:
         row = conn.execute(select(accounts).where(accounts.c.address == address.lower())).first()
     if row is None:
         raise AccountNotFound(f"no account {address}")
-    return Credentials(
-        id=row.id, address=row.address, provider=row.provider, state=row.state,
-        client_id=row.client_id, tenant=row.tenant, app_only=bool(row.app_only),
-        client_secret=crypto.decrypt(row.client_secret_enc) if row.client_secret_enc else None,
-        refresh_token=crypto.decrypt(row.refresh_token_enc) if row.refresh_token_enc else None,
-        rate_limit_per_minute=row.rate_limit_per_minute)
+    return row
 
 
-def _set(account_id: int, **values: Any) -> None:
+def set_values(account_id: int, **values: Any) -> None:
     with db_errors(), get_engine().begin() as conn:
         conn.execute(update(accounts).where(accounts.c.id == account_id)
                      .values(updated_at=utcnow(), **values))
@@ -93,31 +68,15 @@ def _set(account_id: int, **values: Any) -> None:
 def set_state(account_id: int, state: str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown account state {state!r}")
-    _set(account_id, state=state)
+    set_values(account_id, state=state)
 
 
-def store_refresh_token(account_id: int, refresh_token: str) -> None:
-    """Persist a rotated refresh token; called before the access token that came with it is used."""
-    _set(account_id, refresh_token_enc=crypto.encrypt(refresh_token))
+def record_refresh(account_id: int, at: dt.datetime | None = None) -> None:
+    set_values(account_id, last_refresh_at=at or utcnow())
 
 
-def replace_secrets(address: str, *, client_secret: str | None, refresh_token: str | None) -> int:
-    """Store new secrets (a key nobody holds any more); returns the account id."""
-    return _renew(address, client_secret_enc=crypto.encrypt(client_secret) if client_secret else None,
-                  refresh_token_enc=crypto.encrypt(refresh_token) if refresh_token else None)
-
-
-def reconnect(address: str, *, client_id: str, tenant: str | None, client_secret: str,
-              refresh_token: str) -> int:
-    """A new grant from consent for an existing account: new client, secrets, state active,
-    failures forgotten. Returns the account id."""
-    return _renew(address, client_id=client_id, tenant=tenant, app_only=False,
-                  client_secret_enc=crypto.encrypt(client_secret),
-                  refresh_token_enc=crypto.encrypt(refresh_token), consecutive_failures=0)
-
-
-def _renew(address: str, **values: Any) -> int:
-    """Give the account new secrets and make it active again; returns its id."""
+def renew(address: str, **values: Any) -> int:
+    """Give the account new values (secrets, client) and make it active again; its id."""
     address = address.lower()
     with db_errors(), get_engine().begin() as conn:
         found = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).scalar()
@@ -125,7 +84,6 @@ def _renew(address: str, **values: Any) -> int:
             raise AccountNotFound(f"no account {address}")
         conn.execute(update(accounts).where(accounts.c.id == found)
                      .values(state="active", updated_at=utcnow(), **values))
-    _forget_tokens(int(found))  # lifts the revocation tombstone, drops the old access token
     return int(found)
 
 
@@ -136,14 +94,12 @@ def set_server(address: str, server: str) -> None:
                      .values(tenant=server, updated_at=utcnow()))
 
 
-def resume_parked(account_id: int) -> list[tuple[str, str]]:
-    """Make the messages parked on a revoked grant due now; their (id, provider) pairs,
-    for the caller to enqueue (the reconciler would find them too, a minute later)."""
-    from mailrelay.retry import PARKED_CODE
-
+def resume_parked(account_id: int, code: str) -> list[tuple[str, str]]:
+    """Make the account's messages parked with ``code`` due now; their (id, provider)
+    pairs, for the caller to enqueue (the reconciler would find them too, a minute later)."""
     m = MESSAGES.c
     now = utcnow()
-    parked = and_(m.account_id == account_id, m.state == "retrying", m.error_code == PARKED_CODE)
+    parked = and_(m.account_id == account_id, m.state == "retrying", m.error_code == code)
     with db_errors(), get_engine().begin() as conn:
         rows = conn.execute(select(m.id, m.provider).where(parked)).all()
         if rows:
@@ -155,13 +111,9 @@ def resume_parked(account_id: int) -> list[tuple[str, str]]:
     return [(row.id, row.provider) for row in rows]
 
 
-def record_refresh(account_id: int, at: dt.datetime | None = None) -> None:
-    _set(account_id, last_refresh_at=at or utcnow())
-
-
-def remove(address: str, *, force: bool = False) -> str:
+def remove(address: str, *, force: bool = False) -> tuple[str, int]:
     """Delete an account without messages; with messages, ``force`` disables it and erases
-    its secrets (the history stays). Returns what was done."""
+    its secrets (the history stays). Returns what was done and the account's id."""
     address = normalize_address(address)
     with db_errors(), get_engine().begin() as conn:
         row = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).first()
@@ -180,22 +132,17 @@ def remove(address: str, *, force: bool = False) -> str:
                 state="disabled", client_secret_enc=None, refresh_token_enc=None,
                 updated_at=utcnow()))
             done = "disabled"
-    _forget_tokens(row.id)
-    return done
+    return done, int(row.id)
 
 
-def rotate_key() -> int:
-    """Re-encrypt every stored secret under the newest MAILRELAY_SECRET_KEY; returns the count."""
+def reencrypt_all(reencrypt: Callable[[bytes], bytes]) -> int:
+    """Pass every stored secret through ``reencrypt`` in one transaction; the count."""
     count = 0
     with db_errors(), get_engine().begin() as conn:
-        rows = conn.execute(select(accounts.c.id, accounts.c.client_secret_enc,
-                                   accounts.c.refresh_token_enc)).all()
+        rows = conn.execute(select(accounts.c.id, *(accounts.c[name] for name in SECRET_COLUMNS))).all()
         for row in rows:
-            values = {}
-            if row.client_secret_enc:
-                values["client_secret_enc"] = crypto.rotate(row.client_secret_enc)
-            if row.refresh_token_enc:
-                values["refresh_token_enc"] = crypto.rotate(row.refresh_token_enc)
+            values = {name: reencrypt(row._mapping[name]) for name in SECRET_COLUMNS
+                      if row._mapping[name]}
             if values:
                 conn.execute(update(accounts).where(accounts.c.id == row.id).values(values))
                 count += len(values)
@@ -253,7 +200,4 @@ def configure(address: str, *, rate_limit_per_minute: int | None = UNSET,
                             .values(updated_at=utcnow(), **values)).rowcount
     if not done:
         raise AccountNotFound(f"no account {address}")
-    from mailrelay.auth.credentials import forget
-
-    forget(address.lower())
     return health(address)

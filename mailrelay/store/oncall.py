@@ -1,4 +1,6 @@
-"""On-call: list failed messages, say what a replay would do, replay one message.
+"""On-call: list failed messages, read them for a replay, replay one message.
+
+What a replay would do with each message (its verdict) is ``mailrelay.replay``.
 
 A replay is the one state change an operator makes: ``failed → queued``, one conditional
 UPDATE on the state with its audit row (the operator's name and reason) in one
@@ -18,12 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Select, select, update
 
-from mailrelay import providers
 from mailrelay.store.db import db_errors, get_engine
 from mailrelay.store.models import MESSAGES
 from mailrelay.store.outbox import _audit, utcnow
@@ -31,26 +31,12 @@ from mailrelay.store.states import State, check
 
 DEFAULT_LIMIT = 50
 
-WILL_SEND = "failed: will be sent again"
-WILL_VERIFY = ("failed after an attempt whose outcome is unknown: the provider is asked first, "
-               "then sent only if it has no such Message-ID")
-CANNOT_VERIFY = ("failed after an attempt whose outcome is unknown: the provider cannot be asked, "
-                 "so it is sent again and may arrive twice")
-SKIP = {
-    State.SENT.value: "sent: never sent again",
-    State.REJECTED.value: "rejected: invalid request, cannot be sent",
-    State.QUEUED.value: "queued: still in flight",
-    State.SENDING.value: "sending: still in flight",
-    State.RETRYING.value: "retrying: still in flight",
-}
-NOT_FOUND = "no such message"
-
 _m = MESSAGES.c
 _COLUMNS = (_m.id, _m.state, _m.from_address, _m.provider, _m.error_code, _m.error_detail,
             _m.attempt_count, _m.updated_at, _m.created_at, _m.verify_before_send, _m.replays)
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
@@ -83,65 +69,24 @@ def failed(*, provider: str | None = None, account: str | None = None, code: str
 def _failed_dict(row: Any) -> dict[str, Any]:
     return {"id": row.id, "account": row.from_address, "provider": row.provider,
             "error_code": row.error_code, "error_detail": row.error_detail,
-            "attempts": row.attempt_count, "failed_at": _iso(row.updated_at),
-            "created_at": _iso(row.created_at), "verify": bool(row.verify_before_send),
+            "attempts": row.attempt_count, "failed_at": iso(row.updated_at),
+            "created_at": iso(row.created_at), "verify": bool(row.verify_before_send),
             "replays": row.replays}
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One message a replay was asked for, and what the replay does with it."""
-
-    id: str
-    state: str | None  # None: no such message
-    replay: bool
-    verdict: str
-    account: str | None = None
-    provider: str | None = None
-    error_code: str | None = None
-    attempts: int = 0
-    failed_at: str | None = None
-    verify: bool = False
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _candidate(row: Any) -> Candidate:
-    verify = bool(row.verify_before_send)
-    if row.state != State.FAILED.value:
-        verdict = SKIP.get(row.state, f"{row.state}: not failed")
-    elif not verify:
-        verdict = WILL_SEND
-    else:
-        verdict = WILL_VERIFY if providers.capabilities(row.provider).can_verify else CANNOT_VERIFY
-    failed_at = _iso(row.updated_at) if row.state == State.FAILED.value else None
-    return Candidate(id=row.id, state=row.state, replay=row.state == State.FAILED.value,
-                     verdict=verdict, account=row.from_address, provider=row.provider,
-                     error_code=row.error_code, attempts=row.attempt_count, failed_at=failed_at,
-                     verify=verify)
-
-
-def select_for_replay(ids: Sequence[str] = (), *, provider: str | None = None,
-                      account: str | None = None, code: str | None = None,
-                      since: dt.datetime | None = None,
-                      limit: int | None = None) -> list[Candidate]:
-    """The messages a replay would touch, each with its verdict: by ``ids`` (in the order
-    given, whatever their state, so that the dry run says why one is skipped), or by
-    filters (failed messages only, newest first; ``limit`` None: all of them)."""
-    by_filter = any(value is not None for value in (provider, account, code, since, limit))
-    if ids and by_filter:
-        raise ValueError("select by ids or by filters, not both")
-    if not ids:
-        query = failed_query(provider=provider, account=account, code=code, since=since,
-                             limit=limit)
-        with db_errors(), get_engine().connect() as conn:
-            return [_candidate(row) for row in conn.execute(query)]
-    wanted = list(dict.fromkeys(ids))
+def rows_by_id(ids: Sequence[str]) -> dict[str, Any]:
+    """The on-call columns of the messages among ``ids`` that exist, by id."""
     with db_errors(), get_engine().connect() as conn:
-        found = {row.id: row for row in conn.execute(select(*_COLUMNS).where(_m.id.in_(wanted)))}
-    return [_candidate(found[i]) if i in found else Candidate(i, None, False, NOT_FOUND)
-            for i in wanted]
+        return {row.id: row for row in conn.execute(select(*_COLUMNS).where(_m.id.in_(list(ids))))}
+
+
+def failed_rows(*, provider: str | None = None, account: str | None = None,
+                code: str | None = None, since: dt.datetime | None = None,
+                limit: int | None = None) -> list[Any]:
+    """The on-call columns of the failed messages matching every filter, newest first."""
+    query = failed_query(provider=provider, account=account, code=code, since=since, limit=limit)
+    with db_errors(), get_engine().connect() as conn:
+        return list(conn.execute(query))
 
 
 def replay(message_id: str, *, operator: str, reason: str, now: dt.datetime | None = None) -> bool:

@@ -78,8 +78,8 @@ def emulator(emulator_process: EmulatorHandle) -> EmulatorHandle:
 
 @pytest.fixture
 def gmail_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, secret_key: str) -> str:
+    from mailrelay.auth import accounts
     from mailrelay.auth.credentials import forget
-    from mailrelay.store import accounts
 
     address = "sender@example.com"
     emulator.client.register_client("mailrelay-client", "client-secret")
@@ -99,8 +99,8 @@ UNLIMITED = 100_000
 @pytest.fixture
 def ms_account(emulator: EmulatorHandle, clean_db: None, clean_redis: None, secret_key: str) -> str:
     """A delegated Microsoft 365 account (refresh token through MSAL)."""
+    from mailrelay.auth import accounts
     from mailrelay.auth.credentials import forget
-    from mailrelay.store import accounts
 
     address = "sender@contoso.example"
     emulator.client.ms_register_app("ms-client", "ms-secret", MS_TENANT)

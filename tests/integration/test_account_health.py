@@ -8,10 +8,10 @@ from typing import Any
 
 from click.testing import CliRunner
 
+from mailrelay.auth import accounts
 from mailrelay.cli import cli
 from mailrelay.delivery import deliver
 from mailrelay.intake import take_in
-from mailrelay.store import accounts
 from tests.integration.conftest import MS_TENANT, EmulatorHandle
 
 GMAIL_CLIENT, GMAIL_SECRET = "mailrelay-client", "client-secret"

@@ -14,10 +14,11 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import requests
 
-from mailrelay.auth import consent
+from mailrelay import providers
+from mailrelay.auth import accounts, consent
 from mailrelay.delivery import deliver
 from mailrelay.intake import take_in
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from tests.integration.conftest import MS_TENANT, EmulatorHandle
 from tests.integration.helpers import query
 from tests.processes import ROOT
@@ -39,8 +40,8 @@ def apps(emulator: EmulatorHandle, clean_db: None, clean_redis: None) -> Emulato
 def _flow(provider: str, address: str) -> consent.ConsentFlow:
     client, secret, tenant = ((GMAIL_CLIENT, GMAIL_SECRET, None) if provider == "gmail"
                               else (MS_CLIENT, MS_SECRET, MS_TENANT))
-    return consent.begin(provider, address, client_id=client, client_secret=secret, tenant=tenant,
-                         redirect_uri=REDIRECT)
+    return consent.begin(providers.adapter_class(provider)(), address, client_id=client,
+                         client_secret=secret, tenant=tenant, redirect_uri=REDIRECT)
 
 
 def _complete(flow: consent.ConsentFlow, response: dict[str, str], provider: str, address: str,

@@ -118,7 +118,7 @@ def test_a_revoked_grant_parks_messages_without_asking_again(
     # Parked until the retry window closes (or a reconnect resumes it): no countdown.
     assert dt.datetime.fromisoformat(first["next_attempt_at"]) > (
         dt.datetime.fromisoformat(first["created_at"]) + dt.timedelta(hours=23))
-    from mailrelay.store import accounts
+    from mailrelay.auth import accounts
 
     assert accounts.credentials(SENDER).state == "reauth_required"
     later = [submit(message(subject=f"later {i}")).message_id for i in range(10)]

@@ -230,8 +230,8 @@ def test_an_outage_of_60_seconds(emulator: EmulatorHandle, gmail_account: str,
 
 def test_producers_retrying_with_the_same_keys(clean_db: None, clean_redis: None,
                                                start_worker: Callable[..., Worker]) -> None:
+    from mailrelay.auth import accounts
     from mailrelay.celery_app import SEND_TASK, app
-    from mailrelay.store import accounts
 
     accounts.add("sink", SENDER)
     start_worker("mailrelay.intake,mailrelay.sink", concurrency=4)

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from mailrelay.auth import accounts
 from mailrelay.client import submit
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from tests.integration.conftest import MS_TENANT, EmulatorHandle
 from tests.integration.helpers import final, scalar, wait_for
 from tests.processes import Worker

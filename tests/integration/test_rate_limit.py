@@ -10,8 +10,8 @@ from collections.abc import Callable
 import pytest
 
 from mailrelay import ratelimit
+from mailrelay.auth import accounts
 from mailrelay.client import submit
-from mailrelay.store import accounts
 from tests.integration.conftest import EmulatorHandle
 from tests.integration.helpers import query, scalar, wait_for
 from tests.processes import Worker

@@ -204,7 +204,7 @@ def trust(certificate: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch) -> Pa
 def register(clean_db: None, secret_key: str,
              monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., str]]:
     """Add an SMTP account; the provider is in the registry for this test only."""
-    from mailrelay.store import accounts
+    from mailrelay.auth import accounts
 
     monkeypatch.setitem(mailrelay.providers.REGISTRY, "smtp", "mailrelay.providers.smtp:SmtpAdapter")
     forget()

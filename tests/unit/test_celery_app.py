@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import beat_schedule
-from mailrelay import providers, worker_profiles
+import workers
+from mailrelay import providers
 from mailrelay.celery_app import CONTROL_QUEUE, DELIVER_TASK, INTAKE_QUEUE, SEND_TASK, app, queue_names
 
 
@@ -44,10 +45,10 @@ def test_every_beat_entry_names_a_registered_task_on_control() -> None:
 
 
 def test_worker_profiles_cover_every_queue() -> None:
-    profiles = [worker_profiles.load(name) for name in worker_profiles.names()]
+    profiles = [workers.load(name) for name in workers.names()]
     served = {queue for profile in profiles for queue in profile.queues}
     assert served == set(queue_names())
-    everything = worker_profiles.load("all")
+    everything = workers.load("all")
     assert set(everything.queues) == set(queue_names())
     for profile in profiles:
         argv = profile.argv()

@@ -10,12 +10,13 @@ import pytest
 from sqlalchemy import func, select, update
 
 from mailrelay import providers
+from mailrelay.auth import accounts
 from mailrelay.config import get_settings
 from mailrelay.delivery import deliver
 from mailrelay.errors import ProviderError
 from mailrelay.message import validate
 from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
-from mailrelay.store import accounts, oncall, outbox
+from mailrelay.store import oncall, outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import MESSAGES, SINK_DELIVERIES
 

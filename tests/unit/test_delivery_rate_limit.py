@@ -10,11 +10,12 @@ from prometheus_client import REGISTRY
 from sqlalchemy import update
 
 from mailrelay import providers, ratelimit
+from mailrelay.auth import accounts
 from mailrelay.delivery import deliver
 from mailrelay.message import validate
 from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
 from mailrelay.redis_client import get_redis
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import MESSAGES
 from tests.unit.store.conftest import backend  # noqa: F401  # runs each test on both backends

@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from mailrelay.auth import accounts
 from mailrelay.config import get_settings
 from mailrelay.intake import take_in
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import MESSAGES
 

@@ -8,10 +8,10 @@ import time
 import pytest
 from cryptography.fernet import Fernet
 
+from mailrelay.auth import accounts
 from mailrelay.auth.credentials import Credentials
 from mailrelay.auth.tokens import TokenGrant, TokenManager
 from mailrelay.errors import ProviderError
-from mailrelay.store import accounts
 
 
 @pytest.fixture

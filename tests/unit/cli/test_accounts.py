@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
+from mailrelay.auth import accounts
 from mailrelay.cli import cli
 from mailrelay.config import get_settings
-from mailrelay.store import accounts
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import ACCOUNTS
 

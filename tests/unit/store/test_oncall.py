@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from mailrelay import replay
+from mailrelay.auth import accounts
 from mailrelay.errors import ValidationError
 from mailrelay.message import validate
-from mailrelay.store import accounts, oncall, outbox
+from mailrelay.store import oncall, outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import AUDIT, MESSAGES
 from mailrelay.store.outbox import AccountRef, Outcome
@@ -111,12 +113,12 @@ def test_select_for_replay_by_ids_gives_each_a_verdict(backend: str) -> None:
                              actor="t").message_id
 
     ids = [plain, unknown, unknown_smtp, sent, queued, rejected, "no-such-id", plain]
-    got = oncall.select_for_replay(ids)
+    got = replay.select_for_replay(ids)
     assert [(c.id, c.state, c.replay, c.verdict) for c in got] == [
         (plain, "failed", True, "failed: will be sent again"),
         (unknown, "failed", True, "failed after an attempt whose outcome is unknown: the provider "
                                   "is asked first, then sent only if it has no such Message-ID"),
-        (unknown_smtp, "failed", True, oncall.CANNOT_VERIFY),
+        (unknown_smtp, "failed", True, replay.CANNOT_VERIFY),
         (sent, "sent", False, "sent: never sent again"),
         (queued, "queued", False, "queued: still in flight"),
         (rejected, "rejected", False, "rejected: invalid request, cannot be sent"),
@@ -130,12 +132,12 @@ def test_select_for_replay_by_filters_takes_failed_messages_only(backend: str) -
     first = _failed(sink, "invalid_recipient", subject="1")
     _failed(sink, "permission_denied", subject="2")
     _finish(_queued(sink, "3"), Outcome(State.SENT, provider_message_id="p"))
-    got = oncall.select_for_replay(code="invalid_recipient")
+    got = replay.select_for_replay(code="invalid_recipient")
     assert [(c.id, c.replay) for c in got] == [(first, True)]
-    assert len(oncall.select_for_replay(provider="sink")) == 2
-    assert len(oncall.select_for_replay(provider="sink", limit=1)) == 1
+    assert len(replay.select_for_replay(provider="sink")) == 2
+    assert len(replay.select_for_replay(provider="sink", limit=1)) == 1
     with pytest.raises(ValueError, match="not both"):
-        oncall.select_for_replay([first], code="invalid_recipient")
+        replay.select_for_replay([first], code="invalid_recipient")
 
 
 def test_replay_queues_a_failed_message_with_a_fresh_budget_and_an_audit_row(backend: str) -> None:

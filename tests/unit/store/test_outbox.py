@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from mailrelay.auth import accounts
 from mailrelay.errors import IllegalTransition, ValidationError
 from mailrelay.message import validate
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import Attempt, AuditEntry
 from mailrelay.store.outbox import AccountRef, Outcome

@@ -6,8 +6,9 @@ import datetime as dt
 
 from sqlalchemy import select
 
+from mailrelay.auth import accounts
 from mailrelay.message import validate
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import MESSAGES
 from mailrelay.store.outbox import Outcome

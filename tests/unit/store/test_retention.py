@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from mailrelay.auth import accounts
 from mailrelay.message import validate
-from mailrelay.store import accounts, outbox
+from mailrelay.store import outbox
 from mailrelay.store.outbox import Outcome
 from mailrelay.store.retention import expire_keys
 from mailrelay.store.states import State
