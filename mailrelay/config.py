@@ -98,8 +98,16 @@ def _optional_url(*schemes: str) -> Callable[[str], str]:
     return lambda raw: "" if raw == "" else strict(raw)
 
 
+def default_sqlite_path() -> Path:
+    """Where the outbox lives when MAILRELAY_DATABASE_URL is unset: one absolute place per
+    user (XDG's data directory), so that an intake started in one directory and a worker
+    started in another share one outbox instead of each making its own file."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home).expanduser().resolve() / "mailrelay" / "mailrelay.db"
+
+
 def _default_database_url() -> str:
-    return f"sqlite:///{Path.cwd() / 'mailrelay.db'}"
+    return f"sqlite:///{default_sqlite_path()}"
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 from mailrelay import provider_names
 from mailrelay.auth import crypto
-from mailrelay.auth.credentials import forget, store_refresh_token
+from mailrelay.auth.credentials import forget
 from mailrelay.auth.credentials import load as credentials
 from mailrelay.auth.tokens import manager
 from mailrelay.retry import PARKED_CODE
@@ -34,8 +34,8 @@ from mailrelay.store.outbox import utcnow
 
 __all__ = ["STATES", "UNSET", "AccountExists", "AccountNotFound", "add", "configure", "credentials",
            "health", "list_all", "normalize_address", "public", "reconnect", "record_refresh",
-           "remove", "replace_secrets", "resume_parked", "rotate_key", "set_server", "set_state",
-           "store_refresh_token"]
+           "remove", "replace_secrets", "resume_parked", "rotate_key", "set_server",
+           "set_state"]
 
 
 def add(provider: str, address: str, *, client_id: str | None = None, tenant: str | None = None,

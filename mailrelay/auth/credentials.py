@@ -9,7 +9,9 @@ process) under the refresh lock.
 
 from __future__ import annotations
 
+import hmac
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mailrelay.auth import crypto
@@ -54,9 +56,17 @@ def load(address: str) -> Credentials:
         rate_limit_per_minute=row.rate_limit_per_minute)
 
 
-def store_refresh_token(account_id: int, refresh_token: str) -> None:
-    """Persist a rotated refresh token; called before the access token that came with it is used."""
-    rows.set_values(account_id, refresh_token_enc=crypto.encrypt(refresh_token))
+def holds_grant(refresh_token: str | None) -> Callable[[bytes | None], bool]:
+    """A test of the stored (encrypted) refresh token: is it still ``refresh_token``?
+    Compared in clear, so that a `rotate-key` re-encryption is the same grant."""
+    def test(stored: bytes | None) -> bool:
+        if stored is None or refresh_token is None:
+            return stored is None and refresh_token is None
+        try:
+            return hmac.compare_digest(crypto.decrypt(stored), refresh_token)
+        except SecretUnreadable:
+            return False
+    return test
 
 
 def cached(address: str) -> Credentials:

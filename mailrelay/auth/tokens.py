@@ -36,6 +36,7 @@ from mailrelay.errors import ProviderError
 from mailrelay.logctx import get_logger
 from mailrelay.redis_client import get_redis, key
 from mailrelay.store import accounts
+from mailrelay.store.outbox import utcnow
 
 log = get_logger(__name__)
 
@@ -153,17 +154,30 @@ class TokenManager:
         if fresh.state == "reauth_required":  # the tombstone was lost (Redis restarted)
             self.revoke(account.id)
             raise ProviderError("auth_revoked", "the account must be reconnected")
+        # Every write below is conditional on the grant this refresh used still being the
+        # account's: a reconnect may store a new grant while the token endpoint answers.
+        same_grant = credentials.holds_grant(fresh.refresh_token)
         try:
             grant = refresher(fresh)
         except ProviderError as err:
             if err.code == "auth_revoked":
-                self.revoke(account.id)
-                accounts.set_state(account.id, "reauth_required")
-                log.warning("grant revoked; account marked reauth_required")
+                if accounts.set_values_if(account.id, same_grant, state="reauth_required"):
+                    self.revoke(account.id)
+                    log.warning("grant revoked; account marked reauth_required")
+                else:
+                    log.warning("the revoked grant was replaced by a reconnect meanwhile; "
+                                "the account stays as the reconnect left it")
             raise
+        values: dict[str, Any] = {"last_refresh_at": utcnow()}
         if grant.refresh_token and grant.refresh_token != fresh.refresh_token:
-            credentials.store_refresh_token(account.id, grant.refresh_token)
-        accounts.record_refresh(account.id)
+            values["refresh_token_enc"] = crypto.encrypt(grant.refresh_token)
+        if not accounts.set_values_if(account.id, same_grant, **values):
+            # The token serves this one send but is not cached: it belongs to a grant the
+            # account no longer holds, and its rotated refresh token must not replace the
+            # new grant's.
+            log.warning("the account was reconnected during a token refresh; the new grant "
+                        "is kept and this token is not cached")
+            return grant.access_token
         ttl = int(grant.expires_at - time.time() - self.margin)
         if ttl > 0 and lock.owned():
             payload = crypto.encrypt(json.dumps({"t": grant.access_token, "exp": grant.expires_at}))

@@ -65,6 +65,22 @@ def set_values(account_id: int, **values: Any) -> None:
                      .values(updated_at=utcnow(), **values))
 
 
+def set_values_if(account_id: int, grant_is: Callable[[bytes | None], bool], **values: Any) -> bool:
+    """Set ``values`` only while the account still holds the grant its caller acted on:
+    ``grant_is`` is shown the stored refresh token (encrypted) with the row locked, and
+    nothing is written unless it says yes. A refresh that ran on a grant which a
+    reconnect replaced meanwhile must neither store its rotated token over the new grant
+    nor mark the new grant revoked. False when nothing was written."""
+    with db_errors(), get_engine().begin() as conn:
+        stored = conn.execute(select(accounts.c.refresh_token_enc)
+                              .where(accounts.c.id == account_id).with_for_update()).first()
+        if stored is None or not grant_is(stored.refresh_token_enc):
+            return False
+        conn.execute(update(accounts).where(accounts.c.id == account_id)
+                     .values(updated_at=utcnow(), **values))
+    return True
+
+
 def set_state(account_id: int, state: str) -> None:
     if state not in STATES:
         raise ValueError(f"unknown account state {state!r}")
@@ -136,10 +152,15 @@ def remove(address: str, *, force: bool = False) -> tuple[str, int]:
 
 
 def reencrypt_all(reencrypt: Callable[[bytes], bytes]) -> int:
-    """Pass every stored secret through ``reencrypt`` in one transaction; the count."""
+    """Pass every stored secret through ``reencrypt`` in one transaction; the count.
+
+    The rows are locked as they are read: a token refresh storing a rotated refresh token
+    meanwhile waits, then writes over the re-encrypted row, instead of being overwritten
+    by the re-encryption of the token it replaced."""
     count = 0
     with db_errors(), get_engine().begin() as conn:
-        rows = conn.execute(select(accounts.c.id, *(accounts.c[name] for name in SECRET_COLUMNS))).all()
+        rows = conn.execute(select(accounts.c.id, *(accounts.c[name] for name in SECRET_COLUMNS))
+                            .with_for_update()).all()
         for row in rows:
             values = {name: reencrypt(row._mapping[name]) for name in SECRET_COLUMNS
                       if row._mapping[name]}

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailrelay.config import get_settings
+from mailrelay.config import default_sqlite_path, get_settings
 from mailrelay.errors import TransientInfraError
 
 _engines: dict[tuple[int, str, bool], Engine] = {}
@@ -33,6 +33,9 @@ def _on_sqlite_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> No
 
 def make_engine(url: str, pool_size: int = 2, *, autocommit: bool = False) -> Engine:
     if url.startswith("sqlite"):
+        if url == f"sqlite:///{default_sqlite_path()}":
+            # The default location is mailrelay's to make; a path the user set is not.
+            default_sqlite_path().parent.mkdir(parents=True, exist_ok=True)
         # hide_parameters: a database error's text must not carry a message's content.
         engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _on_sqlite_connect)

@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from mailrelay import config
@@ -69,3 +74,35 @@ def test_idempotency_keys_outlive_retries() -> None:
     with pytest.raises(ConfigError, match="MAILRELAY_IDEMPOTENCY_RETENTION must be at least"):
         config.load({"MAILRELAY_RETRY_MAX_AGE": "7200", "MAILRELAY_IDEMPOTENCY_RETENTION": "3600"})
     assert config.load({"MAILRELAY_IDEMPOTENCY_RETENTION": "172800"}).idempotency_retention == 172800
+
+
+def test_default_outbox_is_one_absolute_file_whatever_the_working_directory(tmp_path: Path) -> None:
+    """An intake started in one directory and a worker in another, both without
+    MAILRELAY_DATABASE_URL, must share one outbox, not make one SQLite file each."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("MAILRELAY_") and k != "XDG_DATA_HOME"}
+    env["HOME"] = str(tmp_path / "home")
+    urls = []
+    for place in ("intake-dir", "worker-dir"):
+        cwd = tmp_path / place
+        cwd.mkdir()
+        done = subprocess.run(
+            [sys.executable, "-c", "from mailrelay.config import get_settings; "
+                                   "print(get_settings().database_url)"],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=True)
+        urls.append(done.stdout.strip())
+    assert urls[0] == urls[1] == f"sqlite:///{tmp_path / 'home/.local/share/mailrelay/mailrelay.db'}"
+
+
+def test_the_default_outbox_directory_is_made_on_first_use(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import text
+
+    from mailrelay.store.db import make_engine
+
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    engine = make_engine(f"sqlite:///{config.default_sqlite_path()}")
+    with engine.connect() as conn:
+        assert conn.execute(text("select 1")).scalar() == 1
+    engine.dispose()
+    assert (tmp_path / "data" / "mailrelay" / "mailrelay.db").exists()

@@ -118,3 +118,68 @@ def test_a_new_key_cannot_read_old_cache_and_refreshes(account: Credentials,
     finally:
         monkeypatch.setenv("MAILRELAY_SECRET_KEY", old)
         get_settings.cache_clear()
+
+
+class ReconnectDuring(Refresher):
+    """A token endpoint that answers while an operator reconnects the account."""
+
+    def __call__(self, creds: Credentials) -> TokenGrant:
+        accounts.reconnect(creds.address, client_id="cid", tenant=None, client_secret="cs",
+                           refresh_token="rt-new-grant")
+        return super().__call__(creds)
+
+
+def test_a_refresh_racing_a_reconnect_keeps_the_new_grant(account: Credentials) -> None:
+    manager, refresher = TokenManager(), ReconnectDuring(delay=0, rotate=True)
+    assert manager.get(account, refresher) == "at-1"  # good for this one send
+    # The rotated token of the replaced grant ("rt-2") did not overwrite the new grant, and
+    # the replaced grant's access token was not cached: the next send refreshes anew.
+    assert accounts.credentials(account.address).refresh_token == "rt-new-grant"
+    manager.forget(account.id)
+    later = Refresher(delay=0)
+    manager.get(account, later)
+    assert later.calls == ["rt-new-grant"]
+
+
+def test_a_revocation_racing_a_reconnect_leaves_the_account_active(account: Credentials) -> None:
+    manager, refresher = TokenManager(), ReconnectDuring(delay=0, revoked=True)
+    with pytest.raises(ProviderError):
+        manager.get(account, refresher)
+    # The old grant was revoked, but the reconnect's new grant must not be marked revoked.
+    assert accounts.credentials(account.address).state == "active"
+    assert manager.get(account, Refresher(delay=0)) == "at-1"  # no tombstone left behind
+
+
+def test_rotate_key_does_not_overwrite_a_refresh_stored_meanwhile(account: Credentials,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   secret_key: str) -> None:
+    """rotate-key reads every secret and writes it back re-encrypted; a rotated refresh
+    token stored between the read and the write must survive it."""
+    from mailrelay.auth import crypto
+    from mailrelay.config import get_settings
+    from mailrelay.store import accounts as rows
+
+    new_key = Fernet.generate_key().decode()
+    monkeypatch.setenv("MAILRELAY_SECRET_KEY", f"{new_key},{secret_key}")
+    get_settings.cache_clear()
+    refreshed = threading.Event()
+
+    def store_rotated_token() -> None:
+        rows.set_values(account.id, refresh_token_enc=crypto.encrypt("rt-rotated"))
+        refreshed.set()
+
+    writer = threading.Thread(target=store_rotated_token)
+
+    def reencrypt(token: bytes) -> bytes:
+        if not writer.is_alive() and not refreshed.is_set():
+            writer.start()  # a refresh lands while rotate-key holds what it read
+            refreshed.wait(1.0)  # with the rows locked it cannot finish before the commit
+        return crypto.rotate(token)
+
+    try:
+        rows.reencrypt_all(reencrypt)
+        writer.join(10)
+        assert refreshed.is_set()
+        assert accounts.credentials(account.address).refresh_token == "rt-rotated"
+    finally:
+        get_settings.cache_clear()
