@@ -11,8 +11,10 @@ SCHEDULE: dict[str, dict[str, object]] = {
     # Re-enqueues messages no task will pick up (lost tasks, parked retries, dead leases).
     "reconcile-outbox": {
         "task": "mailrelay.reconcile",
-        "schedule": 60.0,
-        "options": {"queue": "mailrelay.control", "expires": 55},
+        # Often, so that a dead worker's message is taken over within a minute of its
+        # death (lease + this + the settle time); the query uses a partial index.
+        "schedule": 15.0,
+        "options": {"queue": "mailrelay.control", "expires": 14},
     },
     # Lets finished messages' idempotency keys go after MAILRELAY_IDEMPOTENCY_RETENTION.
     "expire-idempotency-keys": {

@@ -1,13 +1,21 @@
 """One delivery attempt: claim, (verify,) send, record. Knows nothing of Celery.
 
 The sequence that makes the effect exactly once:
-1. claim: a conditional UPDATE gives this worker a lease and opens an attempt row;
-2. if the previous attempt may have reached the provider, ask the provider first;
-3. call the provider with no database transaction open;
-4. finish: a conditional UPDATE on (state, lease owner) records the outcome.
+1. claim: a conditional UPDATE gives this worker a lease (on the database's clock) and
+   opens an attempt row;
+2. settle what the message's row already knows: a provider id recorded by an attempt
+   that sent after losing its lease (sent: never again), or too many takeovers from
+   workers that died mid-attempt (failed, ``worker_lost``);
+3. if the previous attempt may have reached the provider, ask the provider first, once
+   its lookups had time to settle (MAILRELAY_VERIFY_SETTLE_SECONDS after that attempt),
+   and believe "not there" only when a second lookup says it too;
+4. call the provider with no database transaction open, the lease renewed in the
+   background and checked before every request (leases.py);
+5. finish: a conditional UPDATE on (state, lease owner) records the outcome.
 
-Between 1 and 2 the mailbox's token bucket (ratelimit.py) may hold the send back: then
-the claim is released (outbox.release) with no attempt counted, due at the bucket's turn.
+Between 1 and 3 the mailbox's token bucket (ratelimit.py) may hold the send back, and so
+may a settle time not yet passed: then the claim is released (outbox.release) with no
+attempt counted, due at the bucket's turn or when the lookups have settled.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from dataclasses import dataclass
 
 import redis
 
-from mailrelay import limits, providers, ratelimit
+from mailrelay import leases, limits, providers, ratelimit
 from mailrelay.auth import credentials
 from mailrelay.auth.accounts import AccountNotFound
 from mailrelay.auth.credentials import Credentials
@@ -29,10 +37,11 @@ from mailrelay.auth.crypto import SecretUnreadable
 from mailrelay.auth.tokens import manager as token_manager
 from mailrelay.config import get_settings
 from mailrelay.errors import MailrelayError, ProviderError, TransientInfraError, ValidationError
+from mailrelay.leases import Lease, LeaseLost
 from mailrelay.logctx import get_logger
 from mailrelay.message import validate
 from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST, RATE_LIMITED
-from mailrelay.providers.base import Outbound, ProviderAdapter
+from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource, guarded
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
 from mailrelay.store.outbox import Claim, Outcome
@@ -40,8 +49,7 @@ from mailrelay.store.states import State
 
 log = get_logger(__name__)
 
-# A send starts only with at least the provider timeout plus this much lease left.
-LEASE_MARGIN_SECONDS = 5
+WORKER_LOST = "worker_lost"
 
 
 @dataclass(frozen=True)
@@ -60,9 +68,21 @@ def deliver(message_id: str, *, worker: str) -> Report:
     if claim is None:
         return _not_claimed(message_id)
     started = time.perf_counter()
-    outcome = _attempt(claim)
-    if isinstance(outcome, Limited):
-        return _held_back(claim, outcome.wait)
+    known = _already_settled(claim)
+    if known is None:
+        settle = _settle_wait(claim)
+        if settle > 0:
+            return _held_back(claim, settle, settling=True)
+        lease = Lease(claim, settings.lease_seconds)
+        # After an attempt of unknown outcome, the request that sends re-reads the row:
+        # that attempt may have recorded its send meanwhile.
+        lease.recheck_before_send = claim.verify
+        with leases.kept(lease), guarded(lease):
+            outcome = _attempt(claim)
+        if isinstance(outcome, Limited):
+            return _held_back(claim, outcome.wait)
+    else:
+        outcome = known
     latency = time.perf_counter() - started
     DELIVERY_SECONDS.labels(provider=claim.provider).observe(latency)
     DELIVERIES.labels(provider=claim.provider, result=outcome.state.value,
@@ -93,16 +113,52 @@ class Limited:
     wait: float
 
 
-def _held_back(claim: Claim, wait: float) -> Report:
-    """Give the message back without counting an attempt, due at the bucket's turn for it."""
-    RATE_LIMITED.labels(provider=claim.provider).inc()
-    until = outbox.utcnow() + dt.timedelta(seconds=wait)
-    if not outbox.release(claim, until=until, reason=f"mailbox rate limit: next turn in {wait:.1f}s"):
+def _held_back(claim: Claim, wait: float, *, settling: bool = False) -> Report:
+    """Give the message back without counting an attempt, due in ``wait`` seconds: at the
+    bucket's turn for it, or once the provider's lookups have settled."""
+    if settling:
+        released = outbox.release(
+            claim, wait=wait, code=None, action="settle",
+            reason=f"the provider's lookups settle after an attempt of unknown outcome; "
+                   f"asking in {wait:.1f}s")
+    else:
+        RATE_LIMITED.labels(provider=claim.provider).inc()
+        released = outbox.release(claim, wait=wait,
+                                  reason=f"mailbox rate limit: next turn in {wait:.1f}s")
+    if not released:
         LEASES_LOST.labels(provider=claim.provider).inc()
-        log.warning("lease lost before a rate-limited send was given back; the new owner decides")
+        log.warning("lease lost before a held-back send was given back; the new owner decides")
         return Report(claim.message_id, None, claim.provider)
-    log.info("rate limited; next turn in %.1fs", wait)
-    return Report(claim.message_id, State.RETRYING.value, claim.provider, _countdown(until))
+    log.info("%s; next turn in %.1fs", "settling" if settling else "rate limited", wait)
+    countdown = wait if wait <= get_settings().countdown_max else None
+    return Report(claim.message_id, State.RETRYING.value, claim.provider, countdown)
+
+
+def _already_settled(claim: Claim) -> Outcome | None:
+    """What the row alone decides, before anything is asked of the provider."""
+    if claim.recorded_provider_id:
+        return Outcome(State.SENT, provider_message_id=claim.recorded_provider_id,
+                       note="an earlier attempt sent it after losing its lease; not sent again")
+    if not claim.took_over:
+        return None
+    settings = get_settings()
+    now = claim.db_now or outbox.utcnow()
+    window_closed = now - claim.window_start > dt.timedelta(seconds=settings.retry_max_age)
+    if claim.takeovers > settings.max_takeovers or window_closed:
+        why = (f"taken over {claim.takeovers} times from workers that died or hung mid-attempt"
+               if not window_closed else "its worker was lost after the retry window closed")
+        # The last attempt's outcome is unknown: a replay asks the provider first.
+        return Outcome(State.FAILED, code=WORKER_LOST, detail=why, verify=True)
+    return None
+
+
+def _settle_wait(claim: Claim) -> float:
+    """Seconds until the provider's lookups can be trusted about the last attempt of
+    unknown outcome (0: now, or nothing to ask)."""
+    if not claim.verify or claim.verify_since is None:
+        return 0.0
+    settled = claim.verify_since + dt.timedelta(seconds=get_settings().verify_settle_seconds)
+    return max(0.0, (settled - (claim.db_now or outbox.utcnow())).total_seconds())
 
 
 def _attempt(claim: Claim) -> Outcome | Limited:
@@ -117,22 +173,32 @@ def _attempt(claim: Claim) -> Outcome | Limited:
         account = _account(adapter, claim)
         tokens = (token_manager().source(account, adapter.refresh)
                   if adapter.uses_oauth and account else None)
+        if tokens is not None:
+            # Any wait for another worker's refresh happens now, before the lease is
+            # checked again for the first request.
+            tokens.get()
         wait = _rate_wait(adapter, claim, account)
         if wait:
             return Limited(wait)
         with _slot(adapter, account):
             if unsettled:
                 if adapter.capabilities.can_verify:
-                    found = adapter.find_sent(out, tokens)
+                    found = _find_sent(adapter, out, tokens)
                     if found is not None:
                         return Outcome(State.SENT, provider_message_id=found,
                                        note="the provider already had this Message-ID; not sent again")
                 else:
                     note = "the provider cannot say whether the earlier attempt was sent; sent again"
                 unsettled = False
-            _check_lease(claim)
             result = adapter.send(out, tokens)
         return Outcome(State.SENT, provider_message_id=result.provider_message_id, note=note)
+    except LeaseLost as err:
+        if err.recorded_provider_id:
+            return Outcome(State.SENT, provider_message_id=err.recorded_provider_id,
+                           note="an earlier attempt sent it after losing its lease; not sent again")
+        # Nothing left for this worker to record: the new owner decides.
+        return Outcome(State.RETRYING, code="internal_error", detail=str(err.detail),
+                       verify=unsettled, ended_at=outbox.utcnow())
     except ValidationError as err:
         # The stored payload no longer validates (a corrupt row): sending it is impossible.
         return Outcome(State.FAILED, code=err.code, detail=f"stored payload: {err}", verify=unsettled)
@@ -148,13 +214,15 @@ def _attempt(claim: Claim) -> Outcome | Limited:
         return _after_error(wrapped, claim, unsettled)
 
 
-def _check_lease(claim: Claim) -> None:
-    """Refuse to start a send that could outlive the lease: another worker may then take
-    the message over, ask the provider before this send lands, and send it again."""
-    left = (claim.lease_expires_at - outbox.utcnow()).total_seconds()
-    if left < get_settings().provider_timeout + LEASE_MARGIN_SECONDS:
-        raise ProviderError("internal_error", f"only {left:.0f}s of the lease left; not sent",
-                            provider=claim.provider)
+def _find_sent(adapter: ProviderAdapter, out: Outbound, tokens: TokenSource | None) -> str | None:
+    """The provider's id of an earlier send of this Message-ID, or None only when two
+    lookups MAILRELAY_VERIFY_RECHECK_SECONDS apart both say so: a search index or a Sent
+    Items copy that lags may miss a message sent moments ago once, rarely twice."""
+    found = adapter.find_sent(out, tokens)
+    if found is None:
+        time.sleep(get_settings().verify_recheck_seconds)  # the lease is kept meanwhile
+        found = adapter.find_sent(out, tokens)
+    return found
 
 
 def _account(adapter: ProviderAdapter, claim: Claim) -> Credentials | None:

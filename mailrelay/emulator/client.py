@@ -101,6 +101,10 @@ class EmulatorClient:
         page's account field holds it, and ``auto=1`` consents as it. None clears it."""
         self._json("POST", "/_emulator/consent", {"email": email})
 
+    def set_index_lag(self, seconds: float) -> None:
+        """Sent messages show in Gmail's search and Graph's Sent Items ``seconds`` late."""
+        self._json("POST", "/_emulator/settings", {"index_lag_seconds": seconds})
+
     def set_ms_strict_rotation(self, on: bool) -> None:
         """In strict rotation mode a Microsoft refresh token works once."""
         self._json("POST", "/_emulator/settings", {"ms_strict_rotation": on})

@@ -21,6 +21,7 @@ _MESSAGE = r"/_emulator/api/messages/(?P<id>[0-9a-f]{1,32})"
 PART_HEADERS = [("X-Content-Type-Options", "nosniff"),
                 ("Content-Security-Policy", "default-src 'none'; sandbox")]
 MAX_TOKEN_TTL = 30 * 24 * 3600
+MAX_INDEX_LAG = 600
 
 
 def _problem(status: int, message: str) -> Response:
@@ -116,8 +117,13 @@ def routes(state: State) -> list[Route]:
     def settings(body: dict[str, Any]) -> Response:
         ttl = body.get("access_token_ttl")
         strict = body.get("ms_strict_rotation")
+        lag = body.get("index_lag_seconds")
         if strict is not None and not isinstance(strict, bool):
             return _problem(400, "ms_strict_rotation must be true or false")
+        if lag is not None:
+            if not isinstance(lag, (int, float)) or isinstance(lag, bool) or not 0 <= lag <= MAX_INDEX_LAG:
+                return _problem(400, f"index_lag_seconds must be a number from 0 to {MAX_INDEX_LAG}")
+            state.set_index_lag(float(lag))
         if ttl is not None:
             if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TOKEN_TTL:
                 return _problem(400, f"access_token_ttl must be an integer from 0 to {MAX_TOKEN_TTL}")
@@ -125,7 +131,8 @@ def routes(state: State) -> list[Route]:
         if strict is not None:
             state.set_ms_strict_rotation(strict)
         return json_response(200, {"access_token_ttl": state.access_token_ttl,
-                                   "ms_strict_rotation": state.ms_strict_rotation})
+                                   "ms_strict_rotation": state.ms_strict_rotation,
+                                   "index_lag_seconds": state.index_lag})
 
     def consent(body: dict[str, Any]) -> Response:
         email = body.get("email")

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -294,6 +294,10 @@ class State:
         self._ms_users: dict[str, str] = {}  # object id -> email
         self._ms_strict_rotation = False
         self._graph_active: Counter[str] = Counter()  # per mailbox; kept across resets too
+        # Seconds before a sent message shows in lookups: Gmail answers `rfc822msgid:`
+        # from a search index and Graph copies to Sent Items asynchronously, so neither
+        # finds a message the instant it was sent. 0 is the kind, instant emulator.
+        self._index_lag = 0.0
 
     def _clear_traffic(self) -> None:
         self._messages: dict[str, StoredMessage] = {}  # id -> message, in arrival order
@@ -499,13 +503,28 @@ class State:
             self._history_id += 1
             return sent
 
+    @property
+    def index_lag(self) -> float:
+        with self._lock:
+            return self._index_lag
+
+    def set_index_lag(self, seconds: float) -> None:
+        with self._lock:
+            self._index_lag = seconds
+
+    def _indexed(self, message: StoredMessage) -> bool:
+        """Visible to lookups yet (see ``_index_lag``)? Called with the lock held."""
+        return (not self._index_lag
+                or message.received_at <= datetime.now(UTC) - timedelta(seconds=self._index_lag))
+
     def find_sent(self, mailbox: str, message_id: str | None) -> list[StoredMessage]:
-        """The mailbox's sent items, newest first, only those with that Message-ID if given."""
+        """The mailbox's sent items that lookups see, newest first, only those with that
+        Message-ID if given."""
         wanted = None if message_id is None else normalize_message_id(message_id)
         with self._lock:
             found = [m for m in self._messages.values()
                      if m.folder == "sent" and m.mailbox == mailbox.lower()
-                     and (wanted is None or m.message_id == wanted)]
+                     and (wanted is None or m.message_id == wanted) and self._indexed(m)]
         return found[::-1]
 
     def received(self, mailbox: str | None = None) -> list[StoredMessage]:
@@ -659,10 +678,11 @@ class State:
             self._graph_active[mailbox.lower()] -= 1
 
     def graph_sent_items(self, mailbox: str) -> list[dict[str, Any]]:
-        """Graph's view of the mailbox's Sent Items, newest first."""
+        """Graph's view of the mailbox's Sent Items, newest first (what lookups see)."""
         with self._lock:
             return [dict(m.graph) for m in reversed(self._messages.values())
-                    if m.folder == "sent" and m.mailbox == mailbox.lower() and m.graph is not None]
+                    if m.folder == "sent" and m.mailbox == mailbox.lower() and m.graph is not None
+                    and self._indexed(m)]
 
     def save_draft(self, draft: Draft) -> None:
         with self._lock:
@@ -821,6 +841,7 @@ class State:
                 self._ms_access.clear()
                 self._ms_users.clear()
                 self._ms_strict_rotation = False
+                self._index_lag = 0.0
                 self._pending.clear()
                 self._codes.clear()
                 self._consent_email = None

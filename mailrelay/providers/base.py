@@ -10,6 +10,9 @@ provider's name.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -55,6 +58,34 @@ class Outbound:
 @dataclass(frozen=True)
 class SendResult:
     provider_message_id: str | None
+
+
+class SendGuard(Protocol):
+    """What delivery checks before every provider request (see mailrelay.leases): it
+    raises, and nothing is sent, when the message's lease is gone."""
+
+    def before_request(self, *, sends: bool) -> None: ...
+
+
+_guard: ContextVar[SendGuard | None] = ContextVar("mailrelay_send_guard", default=None)
+
+
+@contextmanager
+def guarded(guard: SendGuard) -> Iterator[None]:
+    """Every provider request made inside the block asks ``guard`` first."""
+    token = _guard.set(guard)
+    try:
+        yield
+    finally:
+        _guard.reset(token)
+
+
+def before_request(*, sends: bool) -> None:
+    """Adapters call this right before each request to the provider (``sends``: the
+    request may deliver the message); it raises when the send must stop."""
+    guard = _guard.get()
+    if guard is not None:
+        guard.before_request(sends=sends)
 
 
 class TokenSource(Protocol):

@@ -16,7 +16,7 @@ import urllib3
 
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
-from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource
+from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource, before_request
 
 CONNECT_TIMEOUT = 10.0
 
@@ -61,9 +61,27 @@ class HttpAdapter(ProviderAdapter):
     def call(self, method: str, url: str, *, token: str, sends: bool, **kwargs: Any) -> requests.Response:
         """One request. ``sends``: whether a lost answer may mean the message went out."""
         headers = {"Authorization": f"Bearer {token}", **kwargs.pop("headers", {})}
+        response = self.request(method, url, sends=sends, headers=headers, **kwargs)
+        if response.status_code == 401:
+            raise AuthRejected()
+        if response.status_code >= 400:
+            failure = self.error_for(response)
+            # A 5xx can come from a front end after the provider took the message.
+            failure.sent_unknown = sends and response.status_code >= 500
+            raise failure
+        return response
+
+    def request(self, method: str, url: str, *, sends: bool, **kwargs: Any) -> requests.Response:
+        """One request, bounded as a whole: asked of the send's guard first (the lease),
+        then given at most the provider timeout from its first byte to its last. Socket
+        timeouts alone bound each read, so an answer trickling in would not end; here
+        every read gets only what is left, and the body is read against the deadline."""
+        before_request(sends=sends)
+        deadline = time.monotonic() + self.timeout[0] + self.timeout[1]
         try:
-            response = self.session.request(method, url, headers=headers, timeout=self.timeout,
+            response = self.session.request(method, url, timeout=self.timeout, stream=True,
                                             **kwargs)
+            _read_body(response, deadline)
         except requests.exceptions.ConnectTimeout as err:
             raise ProviderError("network_error", "connect timed out", provider=self.name) from err
         except requests.exceptions.SSLError as err:
@@ -76,18 +94,46 @@ class HttpAdapter(ProviderAdapter):
             raise ProviderError("network_error", "connection failed" + (" after the request"
                                 if reached else ""), provider=self.name,
                                 sent_unknown=sends and reached) from err
-        if response.status_code == 401:
-            raise AuthRejected()
-        if response.status_code >= 400:
-            failure = self.error_for(response)
-            # A 5xx can come from a front end after the provider took the message.
-            failure.sent_unknown = sends and response.status_code >= 500
-            raise failure
+        except _PastDeadline as err:
+            raise ProviderError("provider_timeout", "the answer did not end in time",
+                                provider=self.name, sent_unknown=sends) from err
         return response
 
     def error_for(self, response: requests.Response) -> ProviderError:
         """The provider's error table: a response of status ≥ 400 (not 401) as a ProviderError."""
         raise self._missing("error_for")
+
+
+class _PastDeadline(Exception):
+    """A response still arriving when its request's time was up."""
+
+
+def _read_body(response: requests.Response, deadline: float) -> None:
+    """Read the whole body now, each read bounded by the time left before ``deadline``."""
+    chunks = []
+    try:
+        for chunk in response.iter_content(64 * 1024):
+            chunks.append(chunk)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _PastDeadline()
+            _shorten_reads(response, left)
+    except requests.exceptions.ConnectionError as err:  # a read timed out mid-body
+        response.close()
+        raise _PastDeadline() from err
+    except _PastDeadline:
+        response.close()
+        raise
+    # What ``Response.content`` would have stored; callers read .json()/.text as usual.
+    response._content = b"".join(chunks)
+
+
+def _shorten_reads(response: requests.Response, left: float) -> None:
+    """Give the connection's next reads at most ``left`` seconds (best effort: urllib3
+    keeps the socket on its connection object)."""
+    sock = getattr(getattr(response.raw, "_connection", None), "sock", None)
+    if sock is not None:
+        sock.settimeout(max(0.01, min(left, sock.gettimeout() or left)))
 
 
 def _reached_server(err: requests.exceptions.ConnectionError) -> bool:

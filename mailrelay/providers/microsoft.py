@@ -173,8 +173,8 @@ class MicrosoftAdapter(HttpAdapter):
             headers = {"Content-Range": f"bytes {offset}-{end - 1}/{len(data)}"}
             try:
                 # The upload URL carries its own authorization; no bearer token goes there.
-                response = self.session.put(url, data=data[offset:end], headers=headers,
-                                            timeout=self.timeout)
+                response = self.request("PUT", url, sends=False, data=data[offset:end],
+                                        headers=headers)
                 if response.status_code >= 400:
                     raise self.error_for(response)
                 offset = end
@@ -189,9 +189,9 @@ class MicrosoftAdapter(HttpAdapter):
 
     def _resume_point(self, url: str, fallback: int) -> int:
         try:
-            ranges = self.session.get(url, timeout=self.timeout).json().get("nextExpectedRanges")
+            ranges = self.request("GET", url, sends=False).json().get("nextExpectedRanges")
             return int(str(ranges[0]).split("-")[0])
-        except (requests.RequestException, ValueError, KeyError, IndexError, TypeError):
+        except (requests.RequestException, ProviderError, ValueError, KeyError, IndexError, TypeError):
             return fallback
 
     def parse(self, out: Outbound, response: Any) -> SendResult:

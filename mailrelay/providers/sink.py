@@ -21,7 +21,14 @@ from typing import Any, cast
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
 from mailrelay.message import build_mime
-from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
+from mailrelay.providers.base import (
+    Capabilities,
+    Outbound,
+    ProviderAdapter,
+    SendResult,
+    TokenSource,
+    before_request,
+)
 from mailrelay.redis_client import get_redis, key
 from mailrelay.store import sink_deliveries
 
@@ -50,6 +57,7 @@ class SinkAdapter(ProviderAdapter):
         return Prepared(raw, [mailbox.address for mailbox in out.message.recipients])
 
     def transmit(self, out: Outbound, prepared: Prepared, tokens: TokenSource | None) -> str:
+        before_request(sends=True)
         fault = _next_fault()
         if fault and not fault.get("after_send"):
             raise _fault_error(fault, sent=False)

@@ -61,7 +61,14 @@ from mailrelay.auth.credentials import Credentials
 from mailrelay.config import get_settings
 from mailrelay.errors import ProviderError
 from mailrelay.message import Message, build_mime
-from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
+from mailrelay.providers.base import (
+    Capabilities,
+    Outbound,
+    ProviderAdapter,
+    SendResult,
+    TokenSource,
+    before_request,
+)
 
 NAME = "smtp"
 
@@ -499,6 +506,8 @@ class SmtpAdapter(ProviderAdapter):
             code, text = smtp.docmd("RCPT", f"TO:<{_path(address, label)}>")
             if not 200 <= code < 300:
                 raise self._abandon(smtp, talk, reply_error("rcpt", code, text, recipient=label), code)
+        # The last moment to stop: after DATA the message is on its way.
+        before_request(sends=True)
         talk.step = "data"
         talk.arm(smtp)
         code, text = smtp.docmd("DATA")

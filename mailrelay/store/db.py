@@ -6,13 +6,14 @@ fork is shared by two processes and corrupts both. Engines are therefore cached 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, exc
+from sqlalchemy import Connection, Engine, create_engine, event, exc, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailrelay.config import default_sqlite_path, get_settings
@@ -85,6 +86,15 @@ def dispose_all() -> None:
     for (pid, _url, _autocommit), engine in list(_engines.items()):
         engine.dispose(close=pid == os.getpid())
     _engines.clear()
+
+
+def db_now(conn: Connection) -> dt.datetime:
+    """The database's clock (UTC, aware), so that leases and due times mean the same on
+    every host whatever its own clock says. SQLite lives on one host: its clock is ours."""
+    if conn.dialect.name == "postgresql":
+        value = conn.execute(text("SELECT now() AT TIME ZONE 'UTC'")).scalar_one()
+        return value.replace(tzinfo=dt.UTC)  # type: ignore[no-any-return]
+    return dt.datetime.now(dt.UTC)
 
 
 def session(url: str | None = None) -> Session:

@@ -144,6 +144,11 @@ class MessageRow(Base):
     replays: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     retry_base: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     retry_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Claims that took the message over from an expired lease (its worker died or hung).
+    takeovers: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # When the last attempt of unknown outcome can no longer have been in flight; the
+    # provider's lookups are asked only a settle time after it (they lag behind sends).
+    verify_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Attempt(Base):

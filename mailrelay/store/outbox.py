@@ -14,13 +14,14 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 
 from mailrelay.errors import ValidationError
 from mailrelay.message import Message, make_message_id
 from mailrelay.store import pg_fastpath
-from mailrelay.store.db import db_errors, get_engine
+from mailrelay.store.db import db_errors, get_autocommit_engine, get_engine
+from mailrelay.store.db import db_now as database_now
 from mailrelay.store.models import ACCOUNTS, ATTEMPTS, AUDIT, MESSAGES
 from mailrelay.store.states import State, check
 
@@ -45,10 +46,14 @@ _CLAIM = (
             lease_expires_at=bindparam("p_expires"), attempt_count=_m.attempt_count + 1,
             updated_at=bindparam("p_now"),
             verify_before_send=case((_m.state == State.SENDING.value, True),
-                                    else_=_m.verify_before_send))
+                                    else_=_m.verify_before_send),
+            takeovers=_m.takeovers + case((_m.state == State.SENDING.value, 1), else_=0),
+            verify_since=case((_m.state == State.SENDING.value, _m.lease_expires_at),
+                              else_=_m.verify_since))
     .returning(_m.prev_state, _m.attempt_count, _m.provider, _m.from_address,
                _m.rfc822_message_id, _m.payload, _m.created_at, _m.verify_before_send,
-               _m.retry_base, _m.retry_since)
+               _m.retry_base, _m.retry_since, _m.takeovers, _m.verify_since,
+               _m.provider_message_id)
 )
 _CLOSE_EXPIRED = (
     update(attempts)
@@ -63,7 +68,13 @@ _FINISH = (
     .values(prev_state=_m.state, state=bindparam("p_state"), updated_at=bindparam("p_now"),
             lease_owner=None, lease_expires_at=None, verify_before_send=bindparam("p_verify"),
             error_code=bindparam("p_code"), error_detail=bindparam("p_detail"),
-            next_attempt_at=bindparam("p_next"))
+            next_attempt_at=bindparam("p_next"), verify_since=bindparam("p_verify_since"))
+)
+# A send that ended after its lease was lost still leaves the provider's id on the message.
+_RECORD_LATE_SENT = (
+    update(messages)
+    .where(_m.id == bindparam("p_id"), _m.provider_message_id.is_(None))
+    .values(provider_message_id=bindparam("p_provider_id"))
 )
 _FINISH_SENT = _FINISH.values(provider_message_id=bindparam("p_provider_id"),
                               sent_at=bindparam("p_now"))
@@ -137,6 +148,20 @@ class Claim:
     # not count, and the retry window opens at ``retry_since`` instead of ``created_at``.
     retry_base: int = 0
     retry_since: dt.datetime | None = None
+    # The database's clock when the claim was made: leases and waits are measured on it.
+    db_now: dt.datetime | None = None
+    # This claim took the message over from an expired lease; how many times that happened.
+    took_over: bool = False
+    takeovers: int = 0
+    # When the last attempt of unknown outcome can no longer have been in flight.
+    verify_since: dt.datetime | None = None
+    # The provider's id of a send recorded after its worker had lost the lease.
+    recorded_provider_id: str | None = None
+
+    @property
+    def lease_seconds_left(self) -> float:
+        """Lease left when the claim was made, on the database's clock."""
+        return (self.lease_expires_at - (self.db_now or utcnow())).total_seconds()
 
     @property
     def budget_attempt(self) -> int:
@@ -288,27 +313,31 @@ def reject(raw: object, error: ValidationError, *, request_id: str | None, actor
 _CLAIMABLE = frozenset({State.QUEUED, State.RETRYING, State.SENDING})
 
 
-def claim(message_id: str, *, worker: str, lease_seconds: int,
+def claim(message_id: str, *, worker: str, lease_seconds: float,
           now: dt.datetime | None = None) -> Claim | None:
     """Take the message for one attempt, or return None if it is not ours to send now.
 
     Claimable: `queued`; `retrying` once due; `sending` whose lease has expired (its
-    attempt's outcome is unknown, so the new claim must verify before sending).
+    attempt's outcome is unknown, so the new claim must verify before sending). Times are
+    the database's clock unless ``now`` is given (tests move time).
     """
     check(set(_CLAIMABLE), State.SENDING)
-    now = now or utcnow()
     owner = f"{worker[:80]}/{uuid.uuid4().hex[:12]}"
-    expires = now + dt.timedelta(seconds=lease_seconds)
     attempt_id = str(uuid.uuid4())
     if get_engine().dialect.name == "postgresql":
         row = pg_fastpath.run(pg_fastpath.CLAIM, {
-            "message_id": message_id, "owner": owner, "expires": pg_fastpath.naive_utc(expires),
+            "message_id": message_id, "owner": owner, "lease_seconds": float(lease_seconds),
             "now": pg_fastpath.naive_utc(now), "attempt_id": attempt_id, "worker": worker[:200]})
         if row is None:
             return None
-        return _claim(message_id, owner, attempt_id, expires, row,
-                      created_at=pg_fastpath.aware_utc(row.created_at),
-                      retry_since=row.retry_since and pg_fastpath.aware_utc(row.retry_since))
+        aware = pg_fastpath.aware_utc
+        return _claim(message_id, owner, attempt_id, aware(row.lease_expires_at), row,
+                      created_at=aware(row.created_at),
+                      retry_since=row.retry_since and aware(row.retry_since),
+                      verify_since=row.verify_since and aware(row.verify_since),
+                      db_now=aware(row.db_now))
+    now = now or utcnow()
+    expires = now + dt.timedelta(seconds=lease_seconds)
     with db_errors(), get_engine().begin() as conn:
         row = conn.execute(_CLAIM, {"p_id": message_id, "p_now": now, "p_owner": owner,
                                     "p_expires": expires}).first()
@@ -322,17 +351,57 @@ def claim(message_id: str, *, worker: str, lease_seconds: int,
         _audit(conn, message_id, owner, "claim", now=now, from_state=row.prev_state,
                to_state=State.SENDING)
     return _claim(message_id, owner, attempt_id, expires, row, created_at=row.created_at,
-                  retry_since=row.retry_since)
+                  retry_since=row.retry_since, verify_since=row.verify_since, db_now=now)
 
 
 def _claim(message_id: str, owner: str, attempt_id: str, expires: dt.datetime, row: Any, *,
-           created_at: dt.datetime, retry_since: dt.datetime | None) -> Claim:
+           created_at: dt.datetime, retry_since: dt.datetime | None,
+           verify_since: dt.datetime | None, db_now: dt.datetime) -> Claim:
     return Claim(message_id=message_id, owner=owner, attempt_id=attempt_id,
                  attempt_number=row.attempt_count, provider=row.provider,
                  from_address=row.from_address, rfc822_message_id=row.rfc822_message_id,
                  payload=row.payload, created_at=created_at, lease_expires_at=expires,
                  verify=bool(row.verify_before_send), retry_base=row.retry_base,
-                 retry_since=retry_since)
+                 retry_since=retry_since, db_now=db_now,
+                 took_over=row.prev_state == State.SENDING.value, takeovers=row.takeovers,
+                 verify_since=verify_since, recorded_provider_id=row.provider_message_id)
+
+
+@dataclass(frozen=True)
+class Renewal:
+    """A lease renewed: seconds left on the database's clock, and a provider id that a
+    late send recorded meanwhile (then nothing may be sent)."""
+
+    seconds_left: float
+    recorded_provider_id: str | None
+
+
+_RENEW_PG = text("""
+    UPDATE messages
+    SET lease_expires_at = (now() AT TIME ZONE 'UTC')::timestamp + make_interval(secs => :lease)
+    WHERE id = :id AND state = 'sending' AND lease_owner = :owner
+    RETURNING provider_message_id
+""")
+
+
+def renew(claim: Claim, *, lease_seconds: float) -> Renewal | None:
+    """Extend this claim's lease to ``lease_seconds`` from now; None when it is not ours
+    any more (another worker took the message over, or it moved on). One statement,
+    only while a send runs long: a normal send never renews."""
+    if get_engine().dialect.name == "postgresql":
+        with db_errors(), get_autocommit_engine().connect() as conn:
+            row = conn.execute(_RENEW_PG, {"id": claim.message_id, "owner": claim.owner,
+                                           "lease": float(lease_seconds)}).first()
+        return Renewal(float(lease_seconds), row.provider_message_id) if row else None
+    now = utcnow()
+    with db_errors(), get_engine().begin() as conn:
+        row = conn.execute(
+            update(messages)
+            .where(_m.id == claim.message_id, _m.state == State.SENDING.value,
+                   _m.lease_owner == claim.owner)
+            .values(lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+            .returning(_m.provider_message_id)).first()
+    return Renewal(float(lease_seconds), row.provider_message_id) if row else None
 
 
 def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
@@ -340,15 +409,23 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
     """Record the attempt and move the message on, only if this claim still holds the lease.
 
     Returns False when the lease was lost (another worker took the message over); the
-    attempt row is still closed so that the history shows what this worker saw.
+    attempt row is still closed so that the history shows what this worker saw, and a
+    provider id of a send that succeeded all the same goes on the message, so the new
+    owner never sends it again. On PostgreSQL the times are the database's clock unless
+    ``now`` is given; an outcome that says when it ended is then due
+    ``next_attempt_at - ended_at`` after that clock.
     """
     check({State.SENDING}, outcome.state)
-    now = now or outcome.ended_at or utcnow()
     attempt_outcome = {State.SENT: "sent", State.RETRYING: "retry", State.FAILED: "failed"}[outcome.state]
     detail = outcome.note or outcome.detail
     lost_reason = f"attempt ended {attempt_outcome} after the lease was lost"
     sent = outcome.state is State.SENT
     if get_engine().dialect.name == "postgresql":
+        retry_in = None
+        if now is None and outcome.next_attempt_at is not None and outcome.ended_at is not None:
+            # The worker's clock measured the wait from the attempt's end; the database's
+            # clock places it, so every host agrees when the retry is due.
+            retry_in = max(0.0, (outcome.next_attempt_at - outcome.ended_at).total_seconds())
         row = pg_fastpath.run(pg_fastpath.FINISH, {
             "message_id": claim.message_id, "owner": claim.owner, "attempt_id": claim.attempt_id,
             "state": outcome.state.value, "now": pg_fastpath.naive_utc(now),
@@ -357,13 +434,16 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
             "provider_message_id": outcome.provider_message_id,
             "attempt_outcome": attempt_outcome, "attempt_detail": detail,
             "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
+            "retry_in": retry_in,
         })
         return bool(row and row[0])
+    now = now or outcome.ended_at or utcnow()
     params = {"p_id": claim.message_id, "p_owner": claim.owner, "p_state": outcome.state.value,
               "p_now": now, "p_verify": outcome.verify, "p_code": outcome.code,
               "p_detail": outcome.detail, "p_next": outcome.next_attempt_at,
               "p_provider_id": outcome.provider_message_id, "p_attempt": claim.attempt_id,
-              "p_outcome": attempt_outcome, "p_attempt_detail": detail, "p_latency": latency_ms}
+              "p_outcome": attempt_outcome, "p_attempt_detail": detail, "p_latency": latency_ms,
+              "p_verify_since": now if outcome.verify else None}
     with db_errors(), get_engine().begin() as conn:
         moved = conn.execute(_FINISH_SENT if sent else _FINISH, params).rowcount
         conn.execute(_CLOSE_ATTEMPT, params)
@@ -373,6 +453,8 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
                    from_state=State.SENDING, to_state=outcome.state, code=outcome.code,
                    reason=outcome.note)
         else:
+            if sent and outcome.provider_message_id:
+                conn.execute(_RECORD_LATE_SENT, params)
             _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=outcome.code,
                    reason=lost_reason)
     return bool(moved)
@@ -381,9 +463,15 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
 RATE_LIMITED_CODE = "rate_limited"
 
 
-def release(claim: Claim, *, until: dt.datetime, reason: str, now: dt.datetime | None = None) -> bool:
-    """Give the message back, unsent and without an attempt: the mailbox's rate limit held
-    the send back before anything reached the provider.
+def release(claim: Claim, *, reason: str, until: dt.datetime | None = None,
+            wait: float | None = None, now: dt.datetime | None = None,
+            code: str | None = RATE_LIMITED_CODE, action: str = "rate_limited") -> bool:
+    """Give the message back, unsent and without an attempt: something held the send back
+    before anything reached the provider (the mailbox's rate limit; the provider's
+    lookups not settled yet after an attempt of unknown outcome).
+
+    Due at ``until``, or ``wait`` seconds after the database's clock says now. ``code``
+    None keeps the message's error code as it is.
 
     Only while this claim holds the lease, in one transaction: the claim's attempt row is
     deleted and ``attempt_count`` goes back down (a limited send spends no retry budget),
@@ -394,29 +482,30 @@ def release(claim: Claim, *, until: dt.datetime, reason: str, now: dt.datetime |
     backend.
     """
     check({State.SENDING}, State.RETRYING)
-    now = now or utcnow()
+    if (until is None) == (wait is None):
+        raise ValueError("give until or wait")
     m = messages.c
     with db_errors(), get_engine().begin() as conn:
+        now = now or database_now(conn)
+        due = until if until is not None else now + dt.timedelta(seconds=wait or 0.0)
+        errors = {} if code is None else {"error_code": code, "error_detail": reason}
         moved = conn.execute(
             update(messages)
             .where(m.id == claim.message_id, m.state == State.SENDING.value, m.lease_owner == claim.owner)
             .values(prev_state=m.state, state=State.RETRYING.value, updated_at=now, lease_owner=None,
                     lease_expires_at=None, attempt_count=m.attempt_count - 1,
-                    verify_before_send=claim.verify, next_attempt_at=until,
-                    error_code=RATE_LIMITED_CODE, error_detail=reason)
+                    verify_before_send=claim.verify, next_attempt_at=due, **errors)
         ).rowcount
         if moved:
             conn.execute(delete(attempts).where(attempts.c.id == claim.attempt_id))
-            _audit(conn, claim.message_id, claim.owner, "rate_limited", now=now,
-                   from_state=State.SENDING, to_state=State.RETRYING, code=RATE_LIMITED_CODE,
-                   reason=reason)
+            _audit(conn, claim.message_id, claim.owner, action, now=now,
+                   from_state=State.SENDING, to_state=State.RETRYING, code=code, reason=reason)
         else:
             conn.execute(update(attempts)
                          .where(attempts.c.id == claim.attempt_id, attempts.c.outcome.is_(None))
-                         .values(finished_at=now, outcome="retry", error_code=RATE_LIMITED_CODE,
-                                 detail=reason))
-            _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now,
-                   code=RATE_LIMITED_CODE, reason="held back by the rate limit after the lease was lost")
+                         .values(finished_at=now, outcome="retry", error_code=code, detail=reason))
+            _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=code,
+                   reason=f"held back ({action}) after the lease was lost")
     return bool(moved)
 
 

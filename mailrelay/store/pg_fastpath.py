@@ -26,79 +26,104 @@ from mailrelay.store.db import db_errors, get_autocommit_engine
 # every send (each such write would queue the account's workers behind one row lock).
 SUCCESS_STAMP_SECONDS = 5
 
+# Every time in these statements is the database's clock ($n NULL) unless a caller passes
+# one (tests move time): hosts whose clocks disagree then still agree on when a lease
+# ends and when a retry is due. Columns are UTC without a zone (models.UTCDateTime).
+CLOCK = "coalesce({param}, (now() AT TIME ZONE 'UTC')::timestamp)"
+
 CLAIM_SQL = """
-PREPARE mailrelay_claim(text, text, timestamp, timestamp, text, text) AS
-WITH claimed AS (
+PREPARE mailrelay_claim(text, text, double precision, timestamp, text, text) AS
+WITH clock AS (SELECT CLOCK4 AS now), claimed AS (
     UPDATE messages AS m
     SET prev_state = m.state, state = 'sending', lease_owner = $2,
-        lease_expires_at = $3, attempt_count = m.attempt_count + 1, updated_at = $4,
-        verify_before_send = CASE WHEN m.state = 'sending' THEN true ELSE m.verify_before_send END
+        lease_expires_at = clock.now + make_interval(secs => $3),
+        attempt_count = m.attempt_count + 1, updated_at = clock.now,
+        verify_before_send = CASE WHEN m.state = 'sending' THEN true ELSE m.verify_before_send END,
+        takeovers = m.takeovers + CASE WHEN m.state = 'sending' THEN 1 ELSE 0 END,
+        verify_since = CASE WHEN m.state = 'sending' THEN m.lease_expires_at ELSE m.verify_since END
+    FROM clock
     WHERE m.id = $1
       AND (m.state = 'queued'
-           OR (m.state = 'retrying' AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= $4))
-           OR (m.state = 'sending' AND m.lease_expires_at < $4))
+           OR (m.state = 'retrying' AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= clock.now))
+           OR (m.state = 'sending' AND m.lease_expires_at < clock.now))
     RETURNING m.id, m.prev_state, m.attempt_count, m.provider, m.from_address,
               m.rfc822_message_id, m.payload, m.created_at, m.verify_before_send,
-              m.retry_base, m.retry_since
+              m.retry_base, m.retry_since, m.takeovers, m.verify_since, m.provider_message_id,
+              m.lease_expires_at, clock.now AS db_now
 ), closed AS (
-    UPDATE attempts SET outcome = 'unknown', finished_at = $4, error_code = 'internal_error',
+    UPDATE attempts SET outcome = 'unknown', finished_at = (SELECT now FROM clock),
+                        error_code = 'internal_error',
                         detail = 'lease expired before the attempt finished'
     WHERE message_id IN (SELECT id FROM claimed WHERE prev_state = 'sending') AND outcome IS NULL
 ), opened AS (
     INSERT INTO attempts (id, message_id, number, worker, started_at)
-    SELECT $5, id, attempt_count, $6, $4 FROM claimed
+    SELECT $5, id, attempt_count, $6, db_now FROM claimed
 ), audited AS (
     INSERT INTO audit (message_id, at, actor, action, from_state, to_state)
-    SELECT id, $4, $2, 'claim', prev_state, 'sending' FROM claimed
+    SELECT id, db_now, $2, 'claim', prev_state, 'sending' FROM claimed
 )
 SELECT prev_state, attempt_count, provider, from_address, rfc822_message_id, payload,
-       created_at, verify_before_send, retry_base, retry_since
+       created_at, verify_before_send, retry_base, retry_since, takeovers, verify_since,
+       provider_message_id, lease_expires_at, db_now
 FROM claimed
-"""
+""".replace("CLOCK4", CLOCK.format(param="$4"))
 
+# $9 is an absolute due time (tests), $17 the wait in seconds counted from the clock
+# (workers: their own clock measures the wait, the database's places it).
 FINISH_SQL = """
 PREPARE mailrelay_finish(text, text, text, text, timestamp, boolean, text, text, timestamp,
-                         boolean, text, text, text, integer, text, text) AS
-WITH moved AS (
+                         boolean, text, text, text, integer, text, text, double precision) AS
+WITH clock AS (SELECT CLOCK5 AS now), moved AS (
     UPDATE messages
-    SET prev_state = state, state = $4, updated_at = $5, lease_owner = NULL,
+    SET prev_state = state, state = $4, updated_at = clock.now, lease_owner = NULL,
         lease_expires_at = NULL, verify_before_send = $6, error_code = $7,
-        error_detail = $8, next_attempt_at = $9,
+        error_detail = $8,
+        next_attempt_at = CASE WHEN $17 IS NULL THEN $9
+                               ELSE clock.now + make_interval(secs => $17) END,
+        verify_since = CASE WHEN $6 THEN clock.now ELSE NULL END,
         provider_message_id = CASE WHEN $10 THEN $11 ELSE provider_message_id END,
-        sent_at = CASE WHEN $10 THEN $5 ELSE sent_at END
+        sent_at = CASE WHEN $10 THEN clock.now ELSE sent_at END
+    FROM clock
     WHERE id = $1 AND state = 'sending' AND lease_owner = $2
     RETURNING id, account_id
+), late AS (
+    -- Sent after this worker lost its lease: the provider's id goes on the message all
+    -- the same, so that whoever owns it now never sends it again.
+    UPDATE messages SET provider_message_id = $11
+    WHERE id = $1 AND $10 AND $11 IS NOT NULL AND provider_message_id IS NULL
+      AND NOT EXISTS (SELECT 1 FROM moved)
 ), health AS (
     UPDATE accounts AS a
-    SET last_success_at = CASE WHEN $10 THEN $5 ELSE a.last_success_at END,
+    SET last_success_at = CASE WHEN $10 THEN clock.now ELSE a.last_success_at END,
         consecutive_failures = CASE WHEN $10 THEN 0 ELSE a.consecutive_failures + 1 END,
-        last_failure_at = CASE WHEN $10 THEN a.last_failure_at ELSE $5 END,
+        last_failure_at = CASE WHEN $10 THEN a.last_failure_at ELSE clock.now END,
         last_error_code = CASE WHEN $10 THEN a.last_error_code ELSE $7 END,
         last_error_detail = CASE WHEN $10 THEN a.last_error_detail ELSE $8 END
-    FROM moved
+    FROM moved, clock
     WHERE a.id = moved.account_id
       AND (NOT $10 OR a.consecutive_failures <> 0 OR a.last_success_at IS NULL
-           OR a.last_success_at < $5 - interval 'SUCCESS_STAMP_SECONDS seconds')
+           OR a.last_success_at < clock.now - interval 'SUCCESS_STAMP_SECONDS seconds')
 ), closed AS (
-    UPDATE attempts SET finished_at = $5, outcome = $12, error_code = $7, detail = $13,
-                        latency_ms = $14
+    UPDATE attempts SET finished_at = (SELECT now FROM clock), outcome = $12, error_code = $7,
+                        detail = $13, latency_ms = $14
     WHERE id = $3
 ), audited AS (
     INSERT INTO audit (message_id, at, actor, action, from_state, to_state, code, reason)
-    SELECT $1, $5, $2, 'finish', 'sending', $4, $7, $15 FROM moved
+    SELECT $1, (SELECT now FROM clock), $2, 'finish', 'sending', $4, $7, $15 FROM moved
     UNION ALL
-    SELECT $1, $5, $2, 'lease_lost', NULL, NULL, $7, $16
+    SELECT $1, (SELECT now FROM clock), $2, 'lease_lost', NULL, NULL, $7, $16
     WHERE NOT EXISTS (SELECT 1 FROM moved)
 )
 SELECT count(*) FROM moved
-""".replace("SUCCESS_STAMP_SECONDS", str(SUCCESS_STAMP_SECONDS))
+""".replace("SUCCESS_STAMP_SECONDS", str(SUCCESS_STAMP_SECONDS)).replace(
+    "CLOCK5", CLOCK.format(param="$5"))
 
-CLAIM = ("EXECUTE mailrelay_claim(%(message_id)s, %(owner)s, %(expires)s, %(now)s, "
+CLAIM = ("EXECUTE mailrelay_claim(%(message_id)s, %(owner)s, %(lease_seconds)s, %(now)s, "
          "%(attempt_id)s, %(worker)s)")
 FINISH = ("EXECUTE mailrelay_finish(%(message_id)s, %(owner)s, %(attempt_id)s, %(state)s, "
           "%(now)s, %(verify)s, %(code)s, %(detail)s, %(next_attempt_at)s, %(sent)s, "
           "%(provider_message_id)s, %(attempt_outcome)s, %(attempt_detail)s, %(latency_ms)s, "
-          "%(note)s, %(lost_reason)s)")
+          "%(note)s, %(lost_reason)s, %(retry_in)s)")
 
 
 def run(statement: str, params: dict[str, Any]) -> Any:

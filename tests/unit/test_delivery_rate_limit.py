@@ -11,6 +11,7 @@ from sqlalchemy import update
 
 from mailrelay import providers, ratelimit
 from mailrelay.auth import accounts
+from mailrelay.config import get_settings
 from mailrelay.delivery import deliver
 from mailrelay.message import validate
 from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
@@ -53,6 +54,17 @@ def _use(monkeypatch: pytest.MonkeyPatch, adapter: type[Recorded]) -> None:
     monkeypatch.setitem(providers.REGISTRY, "sink", f"{__name__}:{adapter.__name__}")
     providers._instances.clear()
     Recorded.lookups, Recorded.sent = [], []
+
+
+@pytest.fixture(autouse=True)
+def _verify_at_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No settle time and no pause between the two lookups: these tests are about what is
+    asked and sent, not when (tests/integration cover the waits)."""
+    monkeypatch.setenv("MAILRELAY_VERIFY_SETTLE_SECONDS", "0")
+    monkeypatch.setenv("MAILRELAY_VERIFY_RECHECK_SECONDS", "0")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -129,6 +141,6 @@ def test_a_limited_send_keeps_the_check_it_owes(monkeypatch: pytest.MonkeyPatch)
         row = conn.execute(MESSAGES.select().where(MESSAGES.c.id == second)).one()
     assert row.verify_before_send is True
     _refill_and_make_due(second)
-    Recorded.lookups = [None]  # asked first, not found: sent
+    Recorded.lookups = [None, None]  # asked first (twice), not found: sent
     assert deliver(second, worker="w").state == "sent"
     assert Recorded.lookups == [] and Recorded.sent == [first, second]
