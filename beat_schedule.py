@@ -1,8 +1,7 @@
 """Celery beat's schedule, declarative: entry name → task, schedule, queue.
 
 Loaded by ``mailrelay.celery_app``. Every entry runs on ``mailrelay.control``; a test
-checks that each names a registered task. The rollout controller and metric export join
-here as they land.
+checks that each names a registered task. Metric export joins here when it lands.
 """
 
 from __future__ import annotations
@@ -11,6 +10,13 @@ SCHEDULE: dict[str, dict[str, object]] = {
     # Re-enqueues messages no task will pick up (lost tasks, parked retries, dead leases).
     "reconcile-outbox": {
         "task": "mailrelay.reconcile",
+        "schedule": 60.0,
+        "options": {"queue": "mailrelay.control", "expires": 55},
+    },
+    # The rollout controller: promote, hold or roll back each running rollout from
+    # Prometheus; after a rollback, move waiting messages to the fallback.
+    "rollout-evaluate": {
+        "task": "mailrelay.rollout_evaluate",
         "schedule": 60.0,
         "options": {"queue": "mailrelay.control", "expires": 55},
     },

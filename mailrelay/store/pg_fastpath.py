@@ -32,14 +32,15 @@ WITH claimed AS (
     UPDATE messages AS m
     SET prev_state = m.state, state = 'sending', lease_owner = $2,
         lease_expires_at = $3, attempt_count = m.attempt_count + 1, updated_at = $4,
-        verify_before_send = CASE WHEN m.state = 'sending' THEN true ELSE m.verify_before_send END
+        verify_before_send = CASE WHEN m.state = 'sending' THEN true ELSE m.verify_before_send END,
+        maybe_sent = CASE WHEN m.state = 'sending' THEN true ELSE m.maybe_sent END
     WHERE m.id = $1
       AND (m.state = 'queued'
            OR (m.state = 'retrying' AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= $4))
            OR (m.state = 'sending' AND m.lease_expires_at < $4))
     RETURNING m.id, m.prev_state, m.attempt_count, m.provider, m.from_address,
               m.rfc822_message_id, m.payload, m.created_at, m.verify_before_send,
-              m.retry_base, m.retry_since
+              m.retry_base, m.retry_since, m.via_address
 ), closed AS (
     UPDATE attempts SET outcome = 'unknown', finished_at = $4, error_code = 'internal_error',
                         detail = 'lease expired before the attempt finished'
@@ -52,7 +53,7 @@ WITH claimed AS (
     SELECT id, $4, $2, 'claim', prev_state, 'sending' FROM claimed
 )
 SELECT prev_state, attempt_count, provider, from_address, rfc822_message_id, payload,
-       created_at, verify_before_send, retry_base, retry_since
+       created_at, verify_before_send, retry_base, retry_since, via_address
 FROM claimed
 """
 
@@ -62,12 +63,13 @@ PREPARE mailrelay_finish(text, text, text, text, timestamp, boolean, text, text,
 WITH moved AS (
     UPDATE messages
     SET prev_state = state, state = $4, updated_at = $5, lease_owner = NULL,
-        lease_expires_at = NULL, verify_before_send = $6, error_code = $7,
+        lease_expires_at = NULL, verify_before_send = $6, maybe_sent = maybe_sent OR $6,
+        error_code = $7,
         error_detail = $8, next_attempt_at = $9,
         provider_message_id = CASE WHEN $10 THEN $11 ELSE provider_message_id END,
         sent_at = CASE WHEN $10 THEN $5 ELSE sent_at END
     WHERE id = $1 AND state = 'sending' AND lease_owner = $2
-    RETURNING id, account_id
+    RETURNING id, account_id, via_address
 ), health AS (
     UPDATE accounts AS a
     SET last_success_at = CASE WHEN $10 THEN $5 ELSE a.last_success_at END,
@@ -76,7 +78,9 @@ WITH moved AS (
         last_error_code = CASE WHEN $10 THEN a.last_error_code ELSE $7 END,
         last_error_detail = CASE WHEN $10 THEN a.last_error_detail ELSE $8 END
     FROM moved
-    WHERE a.id = moved.account_id
+    -- The account that sent: a rollout's fallback, else the sender's own.
+    WHERE a.id = COALESCE((SELECT v.id FROM accounts AS v WHERE v.address = moved.via_address),
+                          moved.account_id)
       AND (NOT $10 OR a.consecutive_failures <> 0 OR a.last_success_at IS NULL
            OR a.last_success_at < $5 - interval 'SUCCESS_STAMP_SECONDS seconds')
 ), closed AS (
