@@ -1,8 +1,7 @@
 """Celery beat's schedule, declarative: entry name → task, schedule, queue.
 
 Loaded by ``mailrelay.celery_app``. Every entry runs on ``mailrelay.control``; a test
-checks that each names a registered task. The rollout controller and metric export join
-here as they land.
+checks that each names a registered task. Metric export joins here when it lands.
 """
 
 from __future__ import annotations
@@ -15,6 +14,13 @@ SCHEDULE: dict[str, dict[str, object]] = {
         # death (lease + this + the settle time); the query uses a partial index.
         "schedule": 15.0,
         "options": {"queue": "mailrelay.control", "expires": 14},
+    },
+    # The rollout controller: promote, hold or roll back each running rollout from
+    # Prometheus; after a rollback, move waiting messages to the fallback.
+    "rollout-evaluate": {
+        "task": "mailrelay.rollout_evaluate",
+        "schedule": 60.0,
+        "options": {"queue": "mailrelay.control", "expires": 55},
     },
     # Lets finished messages' idempotency keys go after MAILRELAY_IDEMPOTENCY_RETENTION.
     "expire-idempotency-keys": {

@@ -1,3 +1,4 @@
-"""Root conftest: Celery's own pytest fixtures (pytest-celery 1.x is disabled in addopts)."""
+"""Root conftest: Celery's own pytest fixtures (pytest-celery 1.x is disabled in addopts),
+and a real Prometheus (tests/prometheus.py)."""
 
-pytest_plugins = ("celery.contrib.pytest",)
+pytest_plugins = ("celery.contrib.pytest", "tests.prometheus")

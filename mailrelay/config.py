@@ -138,9 +138,11 @@ TABLE: tuple[Setting, ...] = (
             "mailrelay's own keys: locks, token cache, rate limits, rollout state"),
     Setting("database_url", _url("sqlite", "postgresql", "postgresql+psycopg2"),
             _default_database_url, "the outbox: SQLite file by default, PostgreSQL in production"),
-    # The next two are contract names read by work still to come (rollout controller,
-    # metric export); they are validated already.
-    Setting("prometheus_url", _optional_url(*_HTTP), "", "Prometheus HTTP API for the rollout controller"),
+    Setting("prometheus_url", _optional_url(*_HTTP), "",
+            "Prometheus HTTP API the rollout controller queries; unset: every evaluation holds"),
+    Setting("prometheus_timeout", _float(0.1, 120), "5",
+            "seconds a Prometheus query may take before the rollout controller holds"),
+    # A contract name read by work still to come (metric export); validated already.
     Setting("pushgateway_url", _optional_url(*_HTTP), "", "Pushgateway for beat's metric export"),
     Setting("secret_key", str, "", "Fernet key(s), comma-separated, newest first", secret=True),
     Setting("metrics_port", _int(0, 65535), "0", "workers serve /metrics here; 0 turns it off"),
@@ -222,6 +224,7 @@ class Settings:
     redis_url: str
     database_url: str
     prometheus_url: str
+    prometheus_timeout: float
     pushgateway_url: str
     secret_key: str = field(repr=False)
     metrics_port: int

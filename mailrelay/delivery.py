@@ -230,7 +230,7 @@ def _account(adapter: ProviderAdapter, claim: Claim) -> Credentials | None:
     per-mailbox limits); refused at once when it cannot send."""
     if not (adapter.uses_oauth or adapter.capabilities.max_concurrent_per_mailbox):
         return None
-    return credentials.sendable(claim.from_address, claim.provider)
+    return credentials.sendable(claim.account_address, claim.provider)
 
 
 def _rate_wait(adapter: ProviderAdapter, claim: Claim, account: Credentials | None) -> float:
@@ -238,7 +238,7 @@ def _rate_wait(adapter: ProviderAdapter, claim: Claim, account: Credentials | No
     else the seconds until its turn (at most MAILRELAY_COUNTDOWN_MAX, so that the wait
     is a countdown). Raises redis.RedisError like the other Redis limits."""
     if account is None:
-        account = _rate_account(claim.from_address)
+        account = _rate_account(claim.account_address)
     if account is None:
         return 0.0
     # The account's override, else the provider's documented per-mailbox rate.
@@ -294,7 +294,7 @@ def _outbound(claim: Claim) -> Outbound:
     message = validate(raw, max_message_bytes=None, max_recipients=2**31)
     return Outbound(message=message, message_id=claim.message_id,
                     rfc822_message_id=claim.rfc822_message_id, date=claim.created_at,
-                    attempt_number=claim.attempt_number)
+                    attempt_number=claim.attempt_number, account=claim.via_address)
 
 
 def _not_claimed(message_id: str) -> Report:

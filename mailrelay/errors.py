@@ -36,6 +36,8 @@ CODES: dict[str, ErrorCode] = _codes(
     ErrorCode("account_disabled", False, "the sending account is disabled"),
     ErrorCode("unknown_provider", False, "no provider adapter has that name"),
     ErrorCode("idempotency_conflict", False, "the idempotency key was used for other content"),
+    ErrorCode("rollout_gated", False,
+              "the provider's rollout does not admit this sender yet and has no fallback"),
     # Returned by a provider and final.
     ErrorCode("invalid_recipient", False, "the provider refused a recipient"),
     ErrorCode("auth_revoked", False, "the account's grant is revoked; reconnect it"),
@@ -51,7 +53,6 @@ CODES: dict[str, ErrorCode] = _codes(
     ErrorCode("auth_expired", True, "the provider refused a freshly refreshed access token"),
     ErrorCode("database_unavailable", True, "the outbox database could not be reached"),
     ErrorCode("redis_unavailable", True, "mailrelay's Redis could not be reached"),
-    ErrorCode("rollout_gated", True, "the provider's rollout does not admit this message yet"),
     ErrorCode("internal_error", True, "mailrelay failed unexpectedly; the outcome is checked first"),
 )
 

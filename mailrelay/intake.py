@@ -1,8 +1,12 @@
-"""Intake: validate, persist, decide the provider. Shared by the task and the client.
+"""Intake: validate, persist, route. Shared by the task and the client.
 
 Validation failures are stored too (state `rejected`, with the code), so that a producer
 and on-call can look up every request they made. Enqueueing the delivery is the
 caller's job (``tasks.enqueue_delivery``): this module knows nothing of Celery.
+
+Routing: the account's provider, unless that provider is under rollout and its gate
+(rollout/gate.py) sends the message through the rollout's fallback account or refuses it
+(``rollout_gated``). The message must fit the provider that will send it.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from mailrelay import providers
 from mailrelay.config import get_settings
 from mailrelay.content import policy as content_policy
 from mailrelay.errors import ValidationError
-from mailrelay.message import Message, mime_size, validate
+from mailrelay.message import Message, validate
 from mailrelay.metrics import INTAKE
+from mailrelay.providers import fit
+from mailrelay.rollout import gate
 from mailrelay.store import outbox
 from mailrelay.store.outbox import AccountRef, IntakeResult
 
@@ -33,25 +39,30 @@ class Accepted:
 
 def take_in(raw: object, *, request_id: str | None, actor: str) -> Accepted:
     account: AccountRef | None = None
+    route: gate.Route | None = None
     try:
         message = validate(raw, max_message_bytes=get_settings().max_message_bytes,
                            max_recipients=1_000_000)
         account = _account_for(message)
-        provider = _provider_for(message, account)
+        route = gate.route(account, _provider_for(message, account),
+                           (r.domain for r in message.recipients))
         content_hash = message.content_hash()  # the producer's content, before the policy
         applied = content_policy.apply(message, account.html_policy)
         message = applied.message
-        size = _check_capabilities(message, provider)
+        size = fit.check(message, route.provider)
         result = outbox.accept(message, account, request_id=request_id, actor=actor,
                                size_bytes=size, content_hash=content_hash,
-                               html_removed=applied.html_removed)
+                               html_removed=applied.html_removed, provider=route.provider,
+                               via=route.via, route=route.as_json(), refuse=route.refused)
     except ValidationError as err:
         result = outbox.reject(raw, err, request_id=request_id, actor=actor, account=account,
-                               from_address=_raw_from(raw))
+                               from_address=_raw_from(raw),
+                               route=route.as_json() if route and route.refused is err else None)
         INTAKE.labels(result="rejected", code=err.code).inc()
         return Accepted(result, None)
     INTAKE.labels(result="accepted" if result.created else "repeated", code="").inc()
-    return Accepted(result, provider)
+    # A repeat goes where the earlier message went, whatever the gate says now.
+    return Accepted(result, result.provider or route.provider)
 
 
 def _account_for(message: Message) -> AccountRef:
@@ -72,28 +83,6 @@ def _provider_for(message: Message, account: AccountRef) -> str:
                               f"the account sends through {account.provider}, not {provider}",
                               field="provider")
     return provider
-
-
-def _check_capabilities(message: Message, provider: str) -> int:
-    caps = providers.capabilities(provider)
-    if len(message.recipients) > caps.max_recipients:
-        raise ValidationError("too_many_recipients",
-                              f"{len(message.recipients)} recipients; {provider} allows "
-                              f"{caps.max_recipients}", field="to")
-    # The form with Bcc is the larger one (the Gmail API sends it inside the message).
-    size = mime_size(message, include_bcc=True)
-    if size > caps.max_message_bytes:
-        raise ValidationError("message_too_large",
-                              f"{size} bytes; {provider} allows {caps.max_message_bytes}")
-    if caps.header_prefix:
-        prefix = caps.header_prefix.lower()
-        if any(not name.lower().startswith(prefix) for name, _ in message.headers):
-            raise ValidationError("invalid_header", f"{provider} sends only headers starting with "
-                                  f"{caps.header_prefix}", field="headers")
-    if message.inline and not caps.inline_images:
-        raise ValidationError("invalid_attachment", f"{provider} cannot send inline images",
-                              field="inline")
-    return size
 
 
 def _raw_from(raw: object) -> str | None:

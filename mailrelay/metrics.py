@@ -6,7 +6,7 @@ address, a message id or an account.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 INTAKE = Counter("mailrelay_intake_total", "Send requests taken in, by result and code",
                  ["result", "code"])
@@ -34,3 +34,27 @@ HTML_REMOVED = Counter("mailrelay_html_removed_total",
 HTML_SANITIZED = Counter("mailrelay_html_sanitized_total",
                          "HTML bodies sanitized at intake, by whether anything was removed",
                          ["result"])
+
+# Rollouts. Gauges name their multiprocess mode: a prefork worker's /metrics sums its
+# children's files, and a gauge without a mode would show one series per pid.
+ROLLOUT_GATE = Counter("mailrelay_rollout_gate_total",
+                       "Intake decisions of a provider's rollout gate, by result "
+                       "(admitted, fallback, gated)", ["provider", "result"])
+ROLLOUT_DECISIONS = Counter("mailrelay_rollout_decisions_total",
+                            "Rollout controller decisions, by provider and decision",
+                            ["provider", "decision"])
+# The value written last wins: the controller and every intake process refresh it from
+# the database, and a dead child's stale file must not outvote them (max would keep a
+# rolled-back 100%).
+ROLLOUT_PERCENT = Gauge("mailrelay_rollout_percent",
+                        "Share of the provider's senders its rollout admits, in percent",
+                        ["provider"], multiprocess_mode="mostrecent")
+# Time only moves forward, so the largest is the last evaluation, whichever process
+# (or dead child) made it.
+ROLLOUT_LAST_EVALUATION = Gauge("mailrelay_rollout_last_evaluation_timestamp_seconds",
+                                "When the controller last evaluated the rollout (Unix time)",
+                                ["provider"], multiprocess_mode="max")
+ROLLOUT_NEEDS_ATTENTION = Gauge("mailrelay_rollout_needs_attention",
+                                "1 when the rollout's Prometheus queries failed "
+                                "consecutive_error_limit times in a row, else 0",
+                                ["provider"], multiprocess_mode="mostrecent")

@@ -21,6 +21,7 @@ from mailrelay.cli import (
     emulator,
     flower,
     oncall,
+    rollout,
     send,
     status,
     worker,
@@ -34,7 +35,8 @@ def cli() -> None:
     """mailrelay: send email through users' own mailboxes, exactly once."""
 
 
-for module in (send, status, accounts, auth, db, worker, demo, bench, beat, flower, emulator):
+for module in (send, status, accounts, auth, rollout, db, worker, demo, bench, beat, flower,
+               emulator):
     cli.add_command(module.command)
 cli.add_command(oncall.failed)
 cli.add_command(oncall.replay)

@@ -1,11 +1,13 @@
-"""`mailrelay bench`: delivery throughput against a bare Celery task, as a table of ratios.
+"""`mailrelay bench`: delivery throughput against a bare Celery task, as a table of ratios,
+and intake throughput (validate, policy, rollout gate, one insert) in this process.
 
 Both sides run on one worker with the same pool and concurrency and make the same
 provider call: the sink adapter (MIME build, one insert, MAILRELAY_SINK_LATENCY_MS of
 waiting), or the Gmail adapter's HTTPS call to the emulator. The difference is what
 mailrelay adds: the claim and finish transactions, the token cache, attempt and audit
 rows. Rounds alternate between the two sides and the median is reported, because shared
-machines are noisy.
+machines are noisy. ``--rollout`` sets a rollout on the provider at 100% first, so that
+every intake goes through the gate (the sender's bucket computed, the route recorded).
 """
 
 from __future__ import annotations
@@ -76,21 +78,21 @@ class Bench:
                 "access_token": self.token}, queue=queue_for(self.provider))
         return n / (_wait(self.delivered, before + n) - start)
 
-    def mailrelay(self, n: int) -> float:
-        from mailrelay.message import validate
-        from mailrelay.store import outbox
+    def mailrelay(self, n: int) -> tuple[float, float]:
+        """(intake per second, delivery per second) for ``n`` messages."""
+        from mailrelay.intake import take_in
         from mailrelay.tasks.routing import enqueue_delivery
 
-        account = outbox.find_account(SENDERS[self.provider])
-        assert account is not None
-        ids = [outbox.accept(validate(_message(self.provider, i)), account, request_id=None,
-                             actor="bench", size_bytes=0).message_id for i in range(n)]
+        start = time.monotonic()
+        ids = [take_in(_message(self.provider, i), request_id=None, actor="bench").result.message_id
+               for i in range(n)]
+        intake = n / (time.monotonic() - start)
         sent = "SELECT count(*) FROM messages WHERE state = 'sent'"
         before = _count(sent)
         start = time.monotonic()
         for mid in ids:
             enqueue_delivery(mid, self.provider)
-        return n / (_wait(lambda: _count(sent), before + n) - start)
+        return intake, n / (_wait(lambda: _count(sent), before + n) - start)
 
 
 def _prepare_gmail(stack: Any) -> tuple[Any, str]:
@@ -123,10 +125,13 @@ def _prepare_gmail(stack: Any) -> tuple[Any, str]:
               help="Comma-separated simulated provider latencies (sink only).")
 @click.option("--database-url", help="Outbox for the run (default: a fresh SQLite file). "
                                      "PostgreSQL gives the production picture.")
+@click.option("--rollout", is_flag=True,
+              help="Set a rollout on the provider at 100% first: every intake goes through the gate.")
 @json_option
 def command(provider: str, messages: int, rounds: int, concurrency: int, latency_ms: str,
-            database_url: str | None, as_json: bool) -> None:
-    """Print delivery throughput of mailrelay.deliver vs a bare task, with the ratio."""
+            database_url: str | None, rollout: bool, as_json: bool) -> None:
+    """Print delivery throughput of mailrelay.deliver vs a bare task, with the ratio, and
+    intake throughput."""
     from mailrelay.auth.crypto import new_key
     from mailrelay.devstack import Stack
 
@@ -146,6 +151,8 @@ def command(provider: str, messages: int, rounds: int, concurrency: int, latency
     services = Stack(workdir)
     try:
         bench = Bench(provider, *(_prepare_gmail(services) if provider == "gmail" else ()))
+        if rollout:
+            _set_rollout(provider)
         for latency in latencies:
             results.append(_measure(bench, workdir, latency, messages, rounds, concurrency))
     finally:
@@ -156,6 +163,15 @@ def command(provider: str, messages: int, rounds: int, concurrency: int, latency
         backend = get_settings().database_url.split(":")[0]
         table(results, list(results[0]), title=f"deliver vs bare task ({provider}, {backend})")
     click.echo(json.dumps({"workdir": str(workdir)}), err=True)
+
+
+def _set_rollout(provider: str) -> None:
+    from mailrelay.rollout import manage
+    from mailrelay.store import rollouts
+
+    if rollouts.get(provider) is None:
+        manage.set_rollout(provider, manage.Changes(percent_bp=10_000), actor="bench",
+                           reason="mailrelay bench --rollout")
 
 
 def _measure(bench: Bench, workdir: Path, latency: int, messages: int, rounds: int,
@@ -172,13 +188,24 @@ def _measure(bench: Bench, workdir: Path, latency: int, messages: int, rounds: i
         time.sleep(1)
         bench.bare(concurrency * 2)  # warm-up: connections, imports, the token cache
         bench.mailrelay(concurrency * 2)
-        bare, relay = [], []
+        bare, relay, intake = [], [], []
         for _ in range(rounds):
             bare.append(bench.bare(messages))
-            relay.append(bench.mailrelay(messages))
+            taken, delivered = bench.mailrelay(messages)
+            relay.append(delivered)
+            intake.append(taken)
     finally:
         stack.stop()
     b, r = statistics.median(bare), statistics.median(relay)
     return {"provider": bench.provider, "latency_ms": latency if bench.provider == "sink" else "-",
             "bare_per_s": round(b, 1), "mailrelay_per_s": round(r, 1), "ratio": round(r / b, 3),
-            "target": 0.8, "rounds": rounds, "messages": messages, "concurrency": concurrency}
+            "target": 0.8, "intake_per_s": round(statistics.median(intake), 1),
+            "rollout": _rollout_percent(bench.provider), "rounds": rounds, "messages": messages,
+            "concurrency": concurrency}
+
+
+def _rollout_percent(provider: str) -> str:
+    from mailrelay.store import rollouts
+
+    row = rollouts.get(provider)
+    return "-" if row is None else f"{row.percent_bp / 100:g}%"

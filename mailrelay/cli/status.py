@@ -25,6 +25,10 @@ def command(message_id: str, as_json: bool) -> None:
                 "next_attempt_at"):
         if info.get(key) is not None:
             click.echo(f"{key:>20}: {info[key]}")
+    route = info.get("route")
+    if route:
+        via = f" through {info['via']}" if info.get("via") else ""
+        click.echo(f"{'route':>20}: {route.get('decision')}{via} ({route.get('reason')})")
     if info.get("html_removed"):
         click.echo(f"{'html':>20}: sanitized, {info['html_removed']} things removed")
     if info["attempts"]:

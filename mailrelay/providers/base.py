@@ -53,6 +53,14 @@ class Outbound:
     rfc822_message_id: str
     date: dt.datetime
     attempt_number: int
+    # The account that sends it when it is not the sender's own (a rollout's fallback,
+    # which sends with the From unchanged); None: the sender's account.
+    account: str | None = None
+
+    @property
+    def account_address(self) -> str:
+        """The address of the account whose credentials and mailbox send this message."""
+        return self.account or self.message.sender.address
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ def _mailbox(out: Outbound) -> str:
     """/me for a delegated account, /users/{address} for an app-only one."""
     from mailrelay.auth import credentials
 
-    account = credentials.cached(out.message.sender.address)
+    account = credentials.cached(out.account_address)
     return f"/users/{account.address}" if account.app_only else "/me"
 
 

@@ -418,7 +418,7 @@ class SmtpAdapter(ProviderAdapter):
 
     def transmit(self, out: Outbound, prepared: Prepared, tokens: TokenSource | None) -> str:
         """Send over SMTP; returns the server's reply to the end of DATA (its queue id)."""
-        account = _account(out.message.sender.address)
+        account = _account(out.account_address)
         try:
             server = parse_server(account.tenant)
         except ValueError as err:

@@ -1,4 +1,4 @@
-"""The outbox schema: accounts, messages, attempts, audit, sink deliveries.
+"""The outbox schema: accounts, messages, attempts, audit, sink deliveries, rollouts.
 
 The database is the source of truth for every message; the broker only carries ids.
 Columns needed by later guarantees (leases, verify-before-send, next_attempt_at,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -149,6 +150,17 @@ class MessageRow(Base):
     # When the last attempt of unknown outcome can no longer have been in flight; the
     # provider's lookups are asked only a settle time after it (they lag behind sends).
     verify_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The rollout gate's decision at intake (JSON: decision, reason, bucket, percent...);
+    # NULL when no rollout applied.
+    route: Mapped[str | None] = mapped_column(Text)
+    # The account that sends the message when it is not the sender's own (a rollout's
+    # fallback); NULL: the account of from_address. An address, not a key: a removed
+    # fallback account must fail the send, never fall back to the sender's own account.
+    via_address: Mapped[str | None] = mapped_column(String(320))
+    # Set once any attempt may have reached the provider (verify_before_send was set),
+    # and never cleared: such a message never changes provider, since only that provider
+    # can say whether it already sent it.
+    maybe_sent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class Attempt(Base):
@@ -198,9 +210,76 @@ class SinkDelivery(Base):
     delivered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
 
 
+class Rollout(Base):
+    """One provider's rollout: who its gate admits, and where the controller stands.
+
+    Every change (the controller's or an operator's) is one UPDATE conditional on
+    ``version`` together with its ``rollout_decisions`` row.
+    """
+
+    __tablename__ = "rollouts"
+
+    provider: Mapped[str] = mapped_column(String(32), primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16))  # enforce | dry_run
+    state: Mapped[str] = mapped_column(String(16))  # running | paused | aborted | complete
+    # Share of senders admitted, in basis points (0-10000).
+    percent_bp: Mapped[int] = mapped_column(Integer)
+    salt: Mapped[str] = mapped_column(String(64))
+    # Comma-separated recipient domains; NULL: any recipient.
+    internal_domains: Mapped[str | None] = mapped_column(Text)
+    # The account that sends what the gate does not admit; NULL: rejected (rollout_gated).
+    fallback: Mapped[str | None] = mapped_column(String(320))
+    # Comma-separated ladder steps in basis points, ascending.
+    ladder: Mapped[str] = mapped_column(String(200))
+    dwell_seconds: Mapped[int] = mapped_column(Integer)
+    window_seconds: Mapped[int] = mapped_column(Integer)
+    error_warn: Mapped[float] = mapped_column(Float)
+    error_critical: Mapped[float] = mapped_column(Float)
+    latency_p95: Mapped[float] = mapped_column(Float)
+    min_rate: Mapped[float] = mapped_column(Float)
+    consecutive_successes: Mapped[int] = mapped_column(Integer)
+    failure_limit: Mapped[int] = mapped_column(Integer)
+    consecutive_error_limit: Mapped[int] = mapped_column(Integer)
+    # Comma-separated error codes that count as the provider's; NULL: the default list.
+    error_codes: Mapped[str | None] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer)
+    # The controller's bookkeeping at the current step.
+    step_started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    successes: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    query_errors: Mapped[int] = mapped_column(Integer)
+    last_evaluated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class RolloutDecision(Base):
+    """Every change of a rollout and every evaluation, with what it read and who made it.
+    No key to ``rollouts``: the history outlives a removed rollout."""
+
+    __tablename__ = "rollout_decisions"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(32), index=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    decision: Mapped[str] = mapped_column(String(20))
+    reason: Mapped[str] = mapped_column(Text)
+    # JSON: what the decision read (traffic, error_ratio, latency_p95) or the settings changed.
+    inputs: Mapped[str | None] = mapped_column(Text)
+    percent_before: Mapped[int | None] = mapped_column(Integer)
+    percent_after: Mapped[int | None] = mapped_column(Integer)
+    state_after: Mapped[str | None] = mapped_column(String(16))
+    # True for a decision computed in dry_run mode: recorded, never applied.
+    dry_run: Mapped[bool] = mapped_column(Boolean)
+    actor: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int | None] = mapped_column(Integer)
+
+
 # Typed handles on the tables for Core statements (``Model.__table__`` is typed loosely).
 ACCOUNTS = cast(Table, Account.__table__)
 MESSAGES = cast(Table, MessageRow.__table__)
 ATTEMPTS = cast(Table, Attempt.__table__)
 AUDIT = cast(Table, AuditEntry.__table__)
 SINK_DELIVERIES = cast(Table, SinkDelivery.__table__)
+ROLLOUTS = cast(Table, Rollout.__table__)
+ROLLOUT_DECISIONS = cast(Table, RolloutDecision.__table__)

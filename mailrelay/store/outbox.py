@@ -14,7 +14,20 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, delete, insert, or_, select, text, update
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    and_,
+    bindparam,
+    case,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from mailrelay.errors import ValidationError
@@ -47,13 +60,14 @@ _CLAIM = (
             updated_at=bindparam("p_now"),
             verify_before_send=case((_m.state == State.SENDING.value, True),
                                     else_=_m.verify_before_send),
+            maybe_sent=case((_m.state == State.SENDING.value, True), else_=_m.maybe_sent),
             takeovers=_m.takeovers + case((_m.state == State.SENDING.value, 1), else_=0),
             verify_since=case((_m.state == State.SENDING.value, _m.lease_expires_at),
                               else_=_m.verify_since))
     .returning(_m.prev_state, _m.attempt_count, _m.provider, _m.from_address,
                _m.rfc822_message_id, _m.payload, _m.created_at, _m.verify_before_send,
                _m.retry_base, _m.retry_since, _m.takeovers, _m.verify_since,
-               _m.provider_message_id)
+               _m.provider_message_id, _m.via_address)
 )
 _CLOSE_EXPIRED = (
     update(attempts)
@@ -67,6 +81,7 @@ _FINISH = (
            _m.lease_owner == bindparam("p_owner"))
     .values(prev_state=_m.state, state=bindparam("p_state"), updated_at=bindparam("p_now"),
             lease_owner=None, lease_expires_at=None, verify_before_send=bindparam("p_verify"),
+            maybe_sent=_m.maybe_sent | bindparam("p_verify", type_=Boolean),
             error_code=bindparam("p_code"), error_detail=bindparam("p_detail"),
             next_attempt_at=bindparam("p_next"), verify_since=bindparam("p_verify_since"))
 )
@@ -84,7 +99,12 @@ _CLOSE_ATTEMPT = (
             error_code=bindparam("p_code"), detail=bindparam("p_attempt_detail"),
             latency_ms=bindparam("p_latency"))
 )
-_OWNER = select(_m.account_id).where(_m.id == bindparam("p_id")).scalar_subquery()
+# The account that sent: the fallback a rollout routed the message through, else the
+# sender's own (an alias, so that it is not correlated with the accounts being updated).
+_via = accounts.alias("via")
+_OWNER = (select(func.coalesce(select(_via.c.id).where(_via.c.address == _m.via_address)
+                               .scalar_subquery(), _m.account_id))
+          .where(_m.id == bindparam("p_id")).scalar_subquery())
 _HEALTH_SENT = (
     update(accounts)
     .where(accounts.c.id == _OWNER,
@@ -123,6 +143,8 @@ class IntakeResult:
     state: str
     error_code: str | None
     created: bool
+    # The provider that sends it (an earlier message's own, for a repeat).
+    provider: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.message_id, "state": self.state, "error_code": self.error_code}
@@ -162,6 +184,13 @@ class Claim:
     def lease_seconds_left(self) -> float:
         """Lease left when the claim was made, on the database's clock."""
         return (self.lease_expires_at - (self.db_now or utcnow())).total_seconds()
+    # The account that sends it when not the sender's own (a rollout's fallback).
+    via_address: str | None = None
+
+    @property
+    def account_address(self) -> str:
+        """The address of the account whose credentials send this message."""
+        return self.via_address or self.from_address
 
     @property
     def budget_attempt(self) -> int:
@@ -212,8 +241,9 @@ def find_account(address: str) -> AccountRef | None:
 
 def _existing(conn: Connection, where: Any) -> IntakeResult | None:
     row = conn.execute(select(messages.c.id, messages.c.state, messages.c.error_code,
-                              messages.c.content_hash).where(where)).first()
-    return IntakeResult(row.id, row.state, row.error_code, created=False) if row else None
+                              messages.c.provider).where(where)).first()
+    return IntakeResult(row.id, row.state, row.error_code, created=False,
+                        provider=row.provider) if row else None
 
 
 def _raw_payload(raw: object) -> str | None:
@@ -226,27 +256,35 @@ def _raw_payload(raw: object) -> str | None:
 
 def accept(message: Message, account: AccountRef, *, request_id: str | None, actor: str,
            size_bytes: int, content_hash: str | None = None,
-           html_removed: int | None = None) -> IntakeResult:
+           html_removed: int | None = None, provider: str | None = None,
+           via: AccountRef | None = None, route: str | None = None,
+           refuse: ValidationError | None = None) -> IntakeResult:
     """Persist an accepted message as `queued`, or return the earlier one it repeats.
 
     ``content_hash`` identifies the producer's content for idempotency (default: the hash
     of ``message``; intake passes the hash from before its content policy changed it).
     Raises ValidationError(idempotency_conflict) when the key names other content; the
     caller stores that as a rejection.
+
+    A rollout decides the rest: ``provider`` (default: the account's), ``via`` (the
+    fallback account that sends it, if any), ``route`` (the gate's decision as JSON) and
+    ``refuse`` (the gate's refusal, raised only if this is not a repeat of an earlier
+    message: a repeat is the earlier message, whatever the gate says now).
     """
     now = utcnow()
     message_id = str(uuid.uuid4())
     content_hash = content_hash or message.content_hash()
     values = {
         "id": message_id, "request_id": request_id, "account_id": account.id,
-        "from_address": message.sender.address.lower(), "provider": account.provider,
+        "from_address": message.sender.address.lower(), "provider": provider or account.provider,
         "state": State.QUEUED.value, "idempotency_key": message.idempotency_key,
         "content_hash": content_hash,
         "rfc822_message_id": make_message_id(uuid.UUID(message_id).hex, message.sender.domain),
         "payload": json.dumps(message.to_payload(), separators=(",", ":")),
         "size_bytes": size_bytes, "recipient_count": len(message.recipients),
         "attempt_count": 0, "verify_before_send": False, "created_at": now, "updated_at": now,
-        "html_removed": html_removed,
+        "html_removed": html_removed, "route": route,
+        "via_address": via.address if via else None,
     }
     for _ in range(2):  # a concurrent twin may win the insert; the second pass finds it
         try:
@@ -255,9 +293,12 @@ def accept(message: Message, account: AccountRef, *, request_id: str | None, act
                                         content_hash)
                 if earlier is not None:
                     return earlier
+                if refuse is not None:
+                    raise refuse
                 conn.execute(insert(messages).values(values))
                 _audit(conn, message_id, actor, "intake", now=now, to_state=State.QUEUED)
-                return IntakeResult(message_id, State.QUEUED, None, created=True)
+                return IntakeResult(message_id, State.QUEUED, None, created=True,
+                                    provider=provider or account.provider)
         except IntegrityError:
             continue
     raise RuntimeError("intake could neither insert nor find the message")  # pragma: no cover
@@ -272,26 +313,29 @@ def _find_earlier(conn: Connection, request_id: str | None, account_id: int, key
     if key is None:
         return None
     row = conn.execute(select(messages.c.id, messages.c.state, messages.c.error_code,
-                              messages.c.content_hash)
+                              messages.c.content_hash, messages.c.provider)
                        .where(messages.c.account_id == account_id, messages.c.idempotency_key == key)
                        ).first()
     if row is None:
         return None
     if row.content_hash != content_hash:
         raise ValidationError("idempotency_conflict", "the key was used for a different message")
-    return IntakeResult(row.id, row.state, row.error_code, created=False)
+    return IntakeResult(row.id, row.state, row.error_code, created=False, provider=row.provider)
 
 
 def reject(raw: object, error: ValidationError, *, request_id: str | None, actor: str,
-           account: AccountRef | None = None, from_address: str | None = None) -> IntakeResult:
-    """Store a request that cannot be sent as `rejected`, with its code, once per request id."""
+           account: AccountRef | None = None, from_address: str | None = None,
+           route: str | None = None) -> IntakeResult:
+    """Store a request that cannot be sent as `rejected`, with its code, once per request id
+    (``route``: the rollout gate's decision, when the gate refused it)."""
     now = utcnow()
     message_id = str(uuid.uuid4())
     row = dict(id=message_id, request_id=request_id, account_id=account.id if account else None,
                from_address=(from_address or "")[:320] or None,
                provider=account.provider if account else None, state=State.REJECTED.value,
                payload=_raw_payload(raw), error_code=error.code, error_detail=error.detail,
-               attempt_count=0, verify_before_send=False, created_at=now, updated_at=now)
+               attempt_count=0, verify_before_send=False, created_at=now, updated_at=now,
+               route=route)
     for _ in range(2):
         try:
             with db_errors(), get_engine().begin() as conn:
@@ -364,7 +408,8 @@ def _claim(message_id: str, owner: str, attempt_id: str, expires: dt.datetime, r
                  verify=bool(row.verify_before_send), retry_base=row.retry_base,
                  retry_since=retry_since, db_now=db_now,
                  took_over=row.prev_state == State.SENDING.value, takeovers=row.takeovers,
-                 verify_since=verify_since, recorded_provider_id=row.provider_message_id)
+                 verify_since=verify_since, recorded_provider_id=row.provider_message_id,
+                 via_address=row.via_address)
 
 
 @dataclass(frozen=True)
@@ -558,6 +603,7 @@ def status(message_id: str) -> dict[str, Any] | None:
         "message_id_header": msg.rfc822_message_id, "provider_message_id": msg.provider_message_id,
         "idempotency_key": msg.idempotency_key, "size_bytes": msg.size_bytes,
         "html_removed": msg.html_removed,
+        "route": json.loads(msg.route) if msg.route else None, "via": msg.via_address,
         "recipient_count": msg.recipient_count, "attempt_count": msg.attempt_count,
         "created_at": _iso(msg.created_at), "updated_at": _iso(msg.updated_at),
         "sent_at": _iso(msg.sent_at), "next_attempt_at": _iso(msg.next_attempt_at),

@@ -39,6 +39,7 @@ WITH clock AS (SELECT CLOCK4 AS now), claimed AS (
         lease_expires_at = clock.now + make_interval(secs => $3),
         attempt_count = m.attempt_count + 1, updated_at = clock.now,
         verify_before_send = CASE WHEN m.state = 'sending' THEN true ELSE m.verify_before_send END,
+        maybe_sent = CASE WHEN m.state = 'sending' THEN true ELSE m.maybe_sent END,
         takeovers = m.takeovers + CASE WHEN m.state = 'sending' THEN 1 ELSE 0 END,
         verify_since = CASE WHEN m.state = 'sending' THEN m.lease_expires_at ELSE m.verify_since END
     FROM clock
@@ -49,7 +50,7 @@ WITH clock AS (SELECT CLOCK4 AS now), claimed AS (
     RETURNING m.id, m.prev_state, m.attempt_count, m.provider, m.from_address,
               m.rfc822_message_id, m.payload, m.created_at, m.verify_before_send,
               m.retry_base, m.retry_since, m.takeovers, m.verify_since, m.provider_message_id,
-              m.lease_expires_at, clock.now AS db_now
+              m.lease_expires_at, clock.now AS db_now, m.via_address
 ), closed AS (
     UPDATE attempts SET outcome = 'unknown', finished_at = (SELECT now FROM clock),
                         error_code = 'internal_error',
@@ -64,7 +65,7 @@ WITH clock AS (SELECT CLOCK4 AS now), claimed AS (
 )
 SELECT prev_state, attempt_count, provider, from_address, rfc822_message_id, payload,
        created_at, verify_before_send, retry_base, retry_since, takeovers, verify_since,
-       provider_message_id, lease_expires_at, db_now
+       provider_message_id, lease_expires_at, db_now, via_address
 FROM claimed
 """.replace("CLOCK4", CLOCK.format(param="$4"))
 
@@ -76,8 +77,8 @@ PREPARE mailrelay_finish(text, text, text, text, timestamp, boolean, text, text,
 WITH clock AS (SELECT CLOCK5 AS now), moved AS (
     UPDATE messages
     SET prev_state = state, state = $4, updated_at = clock.now, lease_owner = NULL,
-        lease_expires_at = NULL, verify_before_send = $6, error_code = $7,
-        error_detail = $8,
+        lease_expires_at = NULL, verify_before_send = $6, maybe_sent = maybe_sent OR $6,
+        error_code = $7, error_detail = $8,
         next_attempt_at = CASE WHEN $17 IS NULL THEN $9
                                ELSE clock.now + make_interval(secs => $17) END,
         verify_since = CASE WHEN $6 THEN clock.now ELSE NULL END,
@@ -85,7 +86,7 @@ WITH clock AS (SELECT CLOCK5 AS now), moved AS (
         sent_at = CASE WHEN $10 THEN clock.now ELSE sent_at END
     FROM clock
     WHERE id = $1 AND state = 'sending' AND lease_owner = $2
-    RETURNING id, account_id
+    RETURNING id, account_id, via_address
 ), late AS (
     -- Sent after this worker lost its lease: the provider's id goes on the message all
     -- the same, so that whoever owns it now never sends it again.
@@ -100,7 +101,9 @@ WITH clock AS (SELECT CLOCK5 AS now), moved AS (
         last_error_code = CASE WHEN $10 THEN a.last_error_code ELSE $7 END,
         last_error_detail = CASE WHEN $10 THEN a.last_error_detail ELSE $8 END
     FROM moved, clock
-    WHERE a.id = moved.account_id
+    -- The account that sent: a rollout's fallback, else the sender's own.
+    WHERE a.id = COALESCE((SELECT v.id FROM accounts AS v WHERE v.address = moved.via_address),
+                          moved.account_id)
       AND (NOT $10 OR a.consecutive_failures <> 0 OR a.last_success_at IS NULL
            OR a.last_success_at < clock.now - interval 'SUCCESS_STAMP_SECONDS seconds')
 ), closed AS (

@@ -11,6 +11,7 @@ from mailrelay.tasks.routing import enqueue_delivery
 
 RECONCILE_TASK = "mailrelay.reconcile"
 EXPIRE_KEYS_TASK = "mailrelay.expire_idempotency_keys"
+ROLLOUT_TASK = "mailrelay.rollout_evaluate"
 log = get_logger(__name__)
 
 
@@ -34,3 +35,12 @@ def expire_idempotency_keys(self: MailrelayTask) -> int:
     if count:
         log.info("forgot %d idempotency keys past their retention", count)
     return count
+
+
+@app.task(name=ROLLOUT_TASK, base=MailrelayTask, bind=True)
+def rollout_evaluate(self: MailrelayTask) -> dict[str, str]:
+    """One controller run over every rollout (see rollout/controller.py); provider → decision."""
+    from mailrelay.rollout import controller
+
+    return {result.provider: result.decision
+            for result in controller.evaluate(enqueue=enqueue_delivery)}
