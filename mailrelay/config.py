@@ -93,6 +93,19 @@ def _word_list(raw: str) -> str:
     return ",".join(words)
 
 
+def _database_url(raw: str) -> str:
+    """SQLite, or PostgreSQL through psycopg2, the driver mailrelay ships. SQLAlchemy reads
+    a bare ``postgresql://`` as psycopg 3, which is not installed; ``postgres://`` (Heroku's
+    and libpq's spelling) it does not read at all: both mean psycopg2 here."""
+    scheme, sep, rest = raw.partition("://")
+    if scheme in ("postgresql", "postgres"):
+        raw = f"postgresql+psycopg2{sep}{rest}"
+    elif scheme.startswith(("postgresql+", "postgres+")) and scheme != "postgresql+psycopg2":
+        raise ValueError("mailrelay ships the psycopg2 driver: write postgresql://... "
+                         "(or postgresql+psycopg2://...)")
+    return _url("sqlite", "postgresql+psycopg2")(raw)
+
+
 def _optional_url(*schemes: str) -> Callable[[str], str]:
     strict = _url(*schemes)
     return lambda raw: "" if raw == "" else strict(raw)
@@ -135,9 +148,10 @@ TABLE: tuple[Setting, ...] = (
     Setting("result_backend", _url(*_REDIS), "redis://127.0.0.1:6379/1",
             "where mailrelay.send keeps its return value for producers that wait on it"),
     Setting("redis_url", _url(*_REDIS), "redis://127.0.0.1:6379/2",
-            "mailrelay's own keys: locks, token cache, rate limits, rollout state"),
-    Setting("database_url", _url("sqlite", "postgresql", "postgresql+psycopg2"),
-            _default_database_url, "the outbox: SQLite file by default, PostgreSQL in production"),
+            "mailrelay's own keys: locks, token cache, rate limits, rollout state, sink faults"),
+    Setting("database_url", _database_url, _default_database_url,
+            "the outbox: SQLite file by default, PostgreSQL in production (postgresql:// and "
+            "postgres:// go through psycopg2)"),
     Setting("prometheus_url", _optional_url(*_HTTP), "",
             "Prometheus HTTP API the rollout controller queries; unset: every evaluation holds"),
     Setting("prometheus_timeout", _float(0.1, 120), "5",
@@ -329,7 +343,8 @@ def describe() -> list[dict[str, str]]:
     """The table as data, for `mailrelay --help` style listings and the README."""
     rows = []
     for setting in TABLE:
-        default = setting.default if isinstance(setting.default, str) else "./mailrelay.db"
+        default = (setting.default if isinstance(setting.default, str)
+                   else "sqlite:///$XDG_DATA_HOME/mailrelay/mailrelay.db")
         rows.append({"variable": setting.env, "default": default, "meaning": setting.help})
     return rows
 

@@ -32,8 +32,8 @@ from mailrelay.store.accounts import (
 )
 from mailrelay.store.outbox import utcnow
 
-__all__ = ["STATES", "UNSET", "AccountExists", "AccountNotFound", "add", "configure", "credentials",
-           "health", "list_all", "normalize_address", "public", "reconnect", "record_refresh",
+__all__ = ["STATES", "UNSET", "AccountExists", "AccountNotFound", "add", "check_key", "configure",
+           "credentials", "health", "list_all", "normalize_address", "public", "reconnect", "record_refresh",
            "remove", "replace_secrets", "resume_parked", "rotate_key", "set_server",
            "set_state"]
 
@@ -52,7 +52,12 @@ def add(provider: str, address: str, *, client_id: str | None = None, tenant: st
            "client_secret_enc": crypto.encrypt(client_secret) if client_secret else None,
            "refresh_token_enc": crypto.encrypt(refresh_token) if refresh_token else None}
     account_id = rows.insert_row(row)
-    _forget_tokens(account_id)  # SQLite reuses ids: never inherit another's token
+    try:
+        _forget_tokens(account_id)  # SQLite reuses ids: never inherit another's token
+    except Exception:
+        # Redis is away: take the row back, so that the add can simply be run again.
+        rows.remove(str(row["address"]))
+        raise
     return public(row)
 
 
@@ -91,14 +96,24 @@ def resume_parked(account_id: int) -> list[tuple[str, str]]:
 def remove(address: str, *, force: bool = False) -> str:
     """Delete an account without messages; with messages, ``force`` disables it and erases
     its secrets (the history stays). Returns what was done."""
-    done, account_id = rows.remove(address, force=force)
-    _forget_tokens(account_id)
+    # The cached token goes first: if Redis is away, nothing is removed and the command
+    # can simply be run again (the other order would leave a row gone and a token kept).
+    _forget_tokens(rows.row_of(normalize_address(address)).id)
+    done, _account_id = rows.remove(address, force=force)
     return done
 
 
 def rotate_key() -> int:
     """Re-encrypt every stored secret under the newest MAILRELAY_SECRET_KEY; returns the count."""
     return rows.reencrypt_all(crypto.rotate)
+
+
+def check_key() -> None:
+    """Raise ``crypto.SecretUnreadable`` (or ConfigError for a missing key) unless
+    MAILRELAY_SECRET_KEY decrypts the newest stored secret; nothing stored, nothing to do."""
+    token = rows.newest_secret()
+    if token is not None:
+        crypto.decrypt(token)
 
 
 def configure(address: str, *, rate_limit_per_minute: int | None = UNSET,

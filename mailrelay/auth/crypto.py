@@ -22,8 +22,9 @@ class SecretUnreadable(Exception):
 def parse_keys(raw: str) -> list[Fernet]:
     keys = [part.strip() for part in raw.split(",") if part.strip()]
     if not keys:
-        raise ConfigError("MAILRELAY_SECRET_KEY is empty; generate one with "
-                          "`mailrelay accounts genkey` and set it before storing secrets")
+        raise ConfigError("MAILRELAY_SECRET_KEY is empty: set the key the account secrets were "
+                          "stored with, or a new one from `mailrelay accounts genkey` on a new "
+                          "installation (to change keys later: `mailrelay accounts rotate-key`)")
     fernets = []
     for number, key in enumerate(keys, 1):
         try:

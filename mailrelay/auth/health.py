@@ -39,6 +39,11 @@ WORDS = {
     "unknown": "the provider refused in a way mailrelay does not recognise",
 }
 
+# `ok` for a provider with no token and no mailbox to ask (SMTP, the sink): nothing was
+# tested, and saying a token was issued would be untrue.
+OK_UNTESTED = ("nothing to test without sending: this provider issues no token and has no "
+               "mailbox to probe (the first send tests the account)")
+
 _BY_REASON = {
     "AADSTS90002": "wrong_tenant", "AADSTS900023": "wrong_tenant", "unknown_tenant": "wrong_tenant",
     "AADSTS700016": "wrong_tenant",
@@ -109,6 +114,7 @@ def diagnose(creds: Credentials, health: dict[str, Any], adapter: Probe) -> Diag
     if creds.state == "disabled":
         return Diagnosis(False, "disabled", WORDS["disabled"], "account_disabled")
     signed_in = None
+    words = WORDS["ok"] if adapter.uses_oauth else OK_UNTESTED
     try:
         if adapter.uses_oauth:
             tokens = manager()
@@ -122,7 +128,7 @@ def diagnose(creds: Credentials, health: dict[str, Any], adapter: Probe) -> Diag
     if signed_in and signed_in.lower() != creds.address:
         return Diagnosis(False, "wrong_mailbox", WORDS["wrong_mailbox"], "permission_denied",
                          f"the grant is {signed_in}'s")
-    return _last_failure(health) or Diagnosis(True, "ok", WORDS["ok"])
+    return _last_failure(health) or Diagnosis(True, "ok", words)
 
 
 def _last_failure(health: dict[str, Any]) -> Diagnosis | None:

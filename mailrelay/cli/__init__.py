@@ -1,8 +1,7 @@
 """The `mailrelay` command. Each subcommand lives in its own module here.
 
-Exit codes scripts can rely on:
-  0 done · 1 the operation failed (a send was rejected, a message failed) · 2 usage error
-  3 not found · 69 a service (database, broker, Redis) is unavailable · 78 bad setting
+Exit codes scripts can rely on are ``exits.MEANINGS`` (and the README's table); every
+failure reaches the user as one ``mailrelay: ...`` line through ``exits.run_guarded``.
 """
 
 from __future__ import annotations
@@ -26,11 +25,13 @@ from mailrelay.cli import (
     status,
     worker,
 )
-from mailrelay.cli.exits import run_guarded
+from mailrelay.cli.exits import run_guarded, want_tracebacks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="mailrelay")
+@click.option("--debug", is_flag=True, expose_value=False, callback=want_tracebacks,
+              help="Print the traceback behind an error (also MAILRELAY_LOG_LEVEL=debug).")
 def cli() -> None:
     """mailrelay: send email through users' own mailboxes, exactly once."""
 
@@ -39,6 +40,7 @@ for module in (send, status, accounts, auth, rollout, db, worker, demo, bench, b
                emulator):
     cli.add_command(module.command)
 cli.add_command(oncall.failed)
+cli.add_command(oncall.rejected)
 cli.add_command(oncall.replay)
 
 

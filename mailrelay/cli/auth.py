@@ -91,7 +91,13 @@ def _client_secret() -> str:
 def _consent(provider: str, address: str, client_id: str, secret: str, tenant: str | None,
              timeout: float, no_browser: bool, as_json: bool) -> None:
     from mailrelay.auth import consent
+    from mailrelay.cli import preflight
     from mailrelay.errors import ValidationError
+
+    # Where the grant will go, checked before anyone is sent to a consent page.
+    preflight.check_database()
+    preflight.check_secret_key(required=True)
+    preflight.check_redis()
 
     def show(url: str) -> None:
         click.echo(f"Open this URL, sign in as {address} and approve:\n  {url}", err=as_json)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from mailrelay.cli.exits import USAGE, Exit
+from mailrelay.cli import preflight, processes
+from mailrelay.cli.exits import CANT_CREATE, Exit
 
 DEFAULT_SCHEDULE_FILE = Path("celerybeat-schedule")
 
@@ -28,21 +29,24 @@ def beat_argv(schedule_file: Path, loglevel: str) -> list[str]:
 @click.option("--schedule-file", type=click.Path(dir_okay=False, path_type=Path),
               default=DEFAULT_SCHEDULE_FILE, show_default=True, metavar="PATH",
               help="Where beat keeps when each entry last ran (created if missing).")
-def command(schedule_file: Path) -> None:
+@processes.loglevel_option
+def command(schedule_file: Path, loglevel: str | None) -> None:
     """Run Celery beat: send the periodic jobs of beat_schedule.py to mailrelay.control.
-    Log level from MAILRELAY_LOG_LEVEL."""
-    from mailrelay.config import get_settings
 
-    settings = get_settings()
+    Run exactly one per broker. It checks the broker before starting: exit 69 if it is
+    away, 73 if the schedule file's directory cannot be created.
+    """
     path = schedule_file.expanduser().resolve()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise Exit(f"cannot create the directory of --schedule-file: {err}", USAGE) from None
+        raise Exit(f"cannot create the directory of --schedule-file {path}: {err.strerror}",
+                   CANT_CREATE) from None
     from mailrelay import metrics_server
     from mailrelay.celery_app import app
 
     try:
-        app.start(beat_argv(path, settings.log_level))
+        preflight.check_broker()
+        app.start(beat_argv(path, processes.loglevel(loglevel)))
     finally:
         metrics_server.cleanup()  # the metrics directory importing the app may have made

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import signal
 import threading
@@ -14,9 +15,14 @@ from typing import Any
 import click
 import requests
 
-from mailrelay.cli.exits import FAILED, UNAVAILABLE, Exit
+from mailrelay.cli.exits import FAILED, NO_INPUT, UNAVAILABLE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.emulator.client import EmulatorClient, EmulatorError
+from mailrelay.emulator.faults import RuleError, check_endpoint
+from mailrelay.emulator.server import injectable_endpoints
+
+# requests buries the reason ("[Errno 111] Connection refused") deep in its message.
+_ERRNO_REASON = re.compile(r"\[Errno -?\d+\] ([^'\")]+)")
 
 
 @click.group("emulator", invoke_without_command=True)
@@ -28,8 +34,11 @@ from mailrelay.emulator.client import EmulatorClient, EmulatorError
                    "so clients keep trusting it. Default: a temporary directory.")
 @click.pass_context
 def command(ctx: click.Context, host: str, port: int, state_dir: Path | None) -> None:
-    """Run the HTTPS provider emulator (Google's token endpoint and Gmail API) in the
-    foreground until Ctrl-C or SIGTERM; the subcommands talk to a running one."""
+    """Run the HTTPS provider emulator in the foreground until Ctrl-C or SIGTERM: Google
+    (OAuth consent and token endpoint, the Gmail API), Microsoft (Entra ID for MSAL, Graph
+    mail: sendMail, drafts, upload sessions, Sent Items) and an inbox page. It prints its
+    URL and the CA bundle for REQUESTS_CA_BUNDLE. The subcommands steer a running one.
+    Exit 69 if the port is taken."""
     if ctx.invoked_subcommand is not None:
         return
     from mailrelay.emulator.server import start
@@ -44,7 +53,8 @@ def command(ctx: click.Context, host: str, port: int, state_dir: Path | None) ->
         try:
             emulator = start(host, port, state_dir)
         except OSError as err:
-            raise Exit(f"cannot listen on {host}:{port}: {err.strerror or err}", FAILED) from None
+            raise Exit(f"the emulator cannot listen on {host}:{port}: {err.strerror or err}",
+                       UNAVAILABLE) from None
         try:
             for line in (f"emulator: {emulator.url}", f"ca: {emulator.ca_path}",
                          f"bundle: {emulator.bundle_path}",
@@ -63,24 +73,36 @@ def command(ctx: click.Context, host: str, port: int, state_dir: Path | None) ->
 
 def _connection(func: Callable[..., Any]) -> Callable[..., Any]:
     func = click.option("--url", required=True, help="The emulator's URL, e.g. https://127.0.0.1:8443.")(func)
-    return click.option("--ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    return click.option("--ca", type=click.Path(dir_okay=False, path_type=Path),
                         help="CA or bundle that trusts the emulator (default: REQUESTS_CA_BUNDLE).")(func)
 
 
 @contextmanager
 def _client(url: str, ca: Path | None) -> Iterator[EmulatorClient]:
+    if ca is not None and not ca.is_file():
+        raise Exit(f"cannot read {ca}: no such file", NO_INPUT)
     try:
         yield EmulatorClient(url, verify=ca if ca is not None else True)
     except requests.ConnectionError as err:
-        raise Exit(f"emulator at {url} unavailable: {err}", UNAVAILABLE) from None
+        found = _ERRNO_REASON.search(str(err))
+        reason = found[1].strip() if found else type(err).__name__
+        raise Exit(f"emulator unavailable at {url}: {reason}", UNAVAILABLE) from None
     except EmulatorError as err:
         raise Exit(str(err), FAILED) from None
 
 
+def _endpoint(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        check_endpoint(value, injectable_endpoints())
+    except RuleError as err:
+        raise click.BadParameter(str(err)) from None
+    return value
+
+
 @command.command("inject")
 @_connection
-@click.option("--endpoint", required=True, help="gmail.send, gmail.upload, gmail.list, gmail.profile, "
-              "google.token, or * for all of them.")
+@click.option("--endpoint", required=True, callback=_endpoint, metavar="NAME",
+              help=f"The endpoint to fail: {', '.join(injectable_endpoints())}; or * for all.")
 @click.option("--status", type=click.IntRange(100, 599), help="Answer with this HTTP status.")
 @click.option("--count", type=click.IntRange(1), help="Fire this many times, then vanish.")
 @click.option("--probability", type=click.FloatRange(0, 1), help="Fire at random with this chance.")
@@ -115,11 +137,15 @@ def inject(url: str, ca: Path | None, endpoint: str, status: int | None, count: 
 @command.command("reset")
 @_connection
 @click.option("--all", "everything", is_flag=True, help="Also forget OAuth clients, grants and tokens.")
-def reset(url: str, ca: Path | None, everything: bool) -> None:
+@json_option
+def reset(url: str, ca: Path | None, everything: bool, as_json: bool) -> None:
     """Forget faults, counters and messages (clients and grants stay unless --all)."""
     with _client(url, ca) as client:
         client.reset(everything=everything)
-    click.echo("reset")
+    if as_json:
+        emit_json({"reset": True, "all": everything})
+    else:
+        click.echo("reset")
 
 
 @command.command("stats")

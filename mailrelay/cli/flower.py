@@ -13,16 +13,20 @@ import socket
 import click
 
 from mailrelay import flower_config
+from mailrelay.cli import preflight, processes
 from mailrelay.cli.exits import CONFIG, UNAVAILABLE, Exit
 from mailrelay.errors import ConfigError
 
 _CANNOT_LISTEN = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES}
 
 
-def flower_argv(port: int, address: str) -> list[str]:
-    """The `celery` arguments that start Flower; no secret among them (they show in `ps`)."""
-    # tornado.options wants --name=value, not --name value.
-    return ["flower", f"--port={port}", f"--address={address}", f"--conf={flower_config.PATH}"]
+def flower_argv(port: int, address: str, loglevel: str | None = None) -> list[str]:
+    """The `celery` arguments that start Flower; no secret among them (they show in `ps`).
+    Without ``loglevel`` the conf file's (MAILRELAY_LOG_LEVEL) applies."""
+    # tornado.options wants --name=value, not --name value; the command line is read after
+    # the conf file, so --logging here wins over it.
+    return ["flower", f"--port={port}", f"--address={address}", f"--conf={flower_config.PATH}",
+            *([f"--logging={loglevel.lower()}"] if loglevel else [])]
 
 
 @click.command("flower")
@@ -31,9 +35,14 @@ def flower_argv(port: int, address: str) -> list[str]:
 @click.option("--address", default="127.0.0.1", show_default=True, metavar="A",
               help="Address to listen on; 0.0.0.0 for every interface. Basic auth sends the "
                    "password in clear: serve it beyond this host only behind TLS.")
-def command(port: int | None, address: str) -> None:
+@processes.loglevel_option
+def command(port: int | None, address: str, loglevel: str | None) -> None:
     """Run Flower (workers, task ids, states, counts; no message content) behind the login in
-    MAILRELAY_FLOWER_AUTH (user:password). Flower is read-only: it cannot revoke or send tasks."""
+    MAILRELAY_FLOWER_AUTH (user:password). Flower is read-only: it cannot revoke or send tasks.
+
+    It checks the broker before starting. Exit codes: 69 the broker is away or the port
+    is taken, 78 without MAILRELAY_FLOWER_AUTH.
+    """
     from mailrelay.config import get_settings
 
     settings = get_settings()
@@ -42,11 +51,12 @@ def command(port: int | None, address: str) -> None:
     except ConfigError as err:
         raise Exit(f"{err}; Flower not started", CONFIG) from None
     listen_port = port or settings.flower_port
-    argv = flower_argv(listen_port, address)
+    argv = flower_argv(listen_port, address, loglevel)
     from mailrelay import metrics_server
     from mailrelay.celery_app import app
 
     try:
+        preflight.check_broker()
         app.start(argv)
     except OSError as err:
         if not isinstance(err, socket.gaierror) and err.errno not in _CANNOT_LISTEN:

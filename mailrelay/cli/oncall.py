@@ -1,4 +1,5 @@
-"""`mailrelay failed` and `mailrelay replay`: find failed messages, send them again.
+"""`mailrelay failed`, `rejected` and `replay`: find failed messages, send them again; see
+what intake refused.
 
 Only `failed` messages are replayed; a `sent` one is never sent again. Each replay is
 recorded in the audit table with the operator's name (MAILRELAY_OPERATOR, else the login
@@ -21,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mailrelay import providers
 from mailrelay import replay as replay_plan
-from mailrelay.cli.exits import NOT_FOUND, USAGE, Exit
+from mailrelay.cli.exits import NOT_FOUND, UNAVAILABLE, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.config import get_settings, operator_name
 from mailrelay.errors import CODES
@@ -72,8 +73,8 @@ def _filters(limit_default: int | None, limit_help: str) -> Callable[[F], F]:
         click.option("--account", metavar="ADDRESS", help="Only messages from this account."),
         click.option("--code", metavar="CODE", callback=_code,
                      help="Only this error code (see the README's error codes)."),
-        click.option("--since", type=Since(), help="Failed at or after TIME: ISO 8601 (UTC unless "
-                     "it has an offset) or a span back from now: 30m, 2h, 1d."),
+        click.option("--since", type=Since(), help="Failed (rejected) at or after TIME: ISO 8601 "
+                     "(UTC unless it has an offset) or a span back from now: 30m, 2h, 1d."),
         click.option("--limit", type=click.IntRange(1, 1_000_000), default=limit_default,
                      show_default=limit_default is not None, help=limit_help),
     ]
@@ -101,12 +102,33 @@ def failed(provider: str | None, account: str | None, code: str | None, since: d
     asks the provider before sending it. Exit code 0, also when none match.
     """
     rows = oncall.failed(provider=provider, account=account, code=code, since=since, limit=limit)
+    _listing(rows, "failed", FAILED_COLUMNS, as_json)
+
+
+REJECTED_COLUMNS = ["id", "rejected_at", "account", "error_code", "error_detail"]
+
+
+@click.command("rejected")
+@_filters(oncall.DEFAULT_LIMIT, "At most N messages, newest first.")
+@json_option
+def rejected(provider: str | None, account: str | None, code: str | None,
+             since: dt.datetime | None, limit: int, as_json: bool) -> None:
+    """List requests refused at intake (state `rejected`), newest first, with the code and
+    the detail of what was wrong; no content. They are never sent: fix the request and
+    send it again. Exit code 0, also when none match.
+    """
+    rows = oncall.rejected(provider=provider, account=account, code=code, since=since,
+                           limit=limit)
+    _listing(rows, "rejected", REJECTED_COLUMNS, as_json)
+
+
+def _listing(rows: list[dict[str, Any]], state: str, columns: list[str], as_json: bool) -> None:
     if as_json:
         emit_json(rows)
     elif not rows:
-        click.echo("no failed message matches")
+        click.echo(f"no {state} message matches")
     else:
-        _table(rows, FAILED_COLUMNS, title=f"failed messages ({len(rows)}, newest first)")
+        _table(rows, columns, title=f"{state} messages ({len(rows)}, newest first)")
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], title: str) -> None:
@@ -139,7 +161,8 @@ def replay(message_ids: tuple[str, ...], provider: str | None, account: str | No
     Exit codes: 0 every selected message was replayed or rightly skipped, also when no
     failed message matches the filters · 2 usage (ids and filters mixed, no --reason, no
     terminal without --yes) · 3 an ID names no message (the others are still replayed) ·
-    1 declined at the prompt.
+    1 declined at the prompt · 69 the broker is away: the replayed messages are queued in
+    the database (`result`: "replayed; not enqueued") and the reconciler enqueues them.
     """
     by_filter = any(v is not None for v in (provider, account, code, since, limit))
     if message_ids and by_filter:
@@ -166,8 +189,16 @@ def replay(message_ids: tuple[str, ...], provider: str | None, account: str | No
         click.confirm(f"Replay {len(chosen)} messages as {operator}?", abort=True, err=True)
     reason = str(reason).strip()
     oncall.record_run(operator=operator, reason=reason, code=code)
-    results = _replay_all(chosen, operator=operator, reason=reason)
+    results, broker_error = _replay_all(chosen, operator=operator, reason=reason)
     _report(candidates, results, operator, reason, dry_run=False, as_json=as_json)
+    if broker_error is not None:
+        from mailrelay.cli.failures import broker_trouble, reconciler_eta
+
+        queued = sum(1 for r in results.values() if r == NOT_ENQUEUED)
+        raise Exit(f"{broker_trouble(broker_error)}; {queued} replayed "
+                   f"{'message is' if queued == 1 else 'messages are'} queued in the database "
+                   f"and the reconciler enqueues them within about {reconciler_eta()} s",
+                   UNAVAILABLE)
 
 
 def _show(candidates: list[replay_plan.Candidate], by_filter: bool) -> None:
@@ -182,14 +213,16 @@ def _show(candidates: list[replay_plan.Candidate], by_filter: bool) -> None:
 REPLAYED, NOT_ENQUEUED, RACED = "replayed", "replayed; not enqueued", "no longer failed"
 
 
-def _replay_all(chosen: list[replay_plan.Candidate], *, operator: str, reason: str) -> dict[str, str]:
-    """Replay each message, then put it on its provider's queue. A publish that fails
-    leaves the message queued in the database, where the reconciler finds it; after one
-    failure the rest are not published either (the broker is down, and each try waits)."""
+def _replay_all(chosen: list[replay_plan.Candidate], *, operator: str,
+                reason: str) -> tuple[dict[str, str], Exception | None]:
+    """Replay each message, then put it on its provider's queue; what became of each, and
+    the publish error if there was one. A publish that fails leaves the message queued in
+    the database, where the reconciler finds it; after one failure the rest are not
+    published either (the broker is down, and each try waits)."""
     from mailrelay.tasks.routing import enqueue_delivery
 
     results: dict[str, str] = {}
-    broker_error: str | None = None
+    broker_error: Exception | None = None
     console = Console(stderr=True)
     with Progress(TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=console, disable=not console.is_terminal) as progress:
@@ -202,17 +235,12 @@ def _replay_all(chosen: list[replay_plan.Candidate], *, operator: str, reason: s
                     enqueue_delivery(candidate.id, str(candidate.provider))
                     results[candidate.id] = REPLAYED
                 except Exception as err:  # any publish failure: the reconciler covers it
-                    broker_error = type(err).__name__
+                    broker_error = err
                     results[candidate.id] = NOT_ENQUEUED
             else:
                 results[candidate.id] = NOT_ENQUEUED
             progress.advance(task)
-    if broker_error:
-        wait = get_settings().reconcile_after + 60
-        click.echo(f"could not enqueue deliveries ({broker_error}); the replayed messages are "
-                   f"queued in the database and the reconciler re-enqueues them within about "
-                   f"{wait} s", err=True)
-    return results
+    return results, broker_error
 
 
 def _report(candidates: list[replay_plan.Candidate], results: dict[str, str], operator: str,

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
@@ -18,11 +19,13 @@ def emit_json(data: Any) -> None:
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], title: str | None = None) -> None:
-    grid = Table(title=title)
+    """Rows as a table. Every value is shown as it is: rich would read `[sink]` in an error
+    detail as markup and drop it, so titles, headers and cells are escaped."""
+    grid = Table(title=None if title is None else escape(title))
     for column in columns:
-        grid.add_column(column)
+        grid.add_column(escape(column))
     for row in rows:
-        grid.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        grid.add_row(*("" if row.get(c) is None else escape(str(row.get(c))) for c in columns))
     console = Console()
     if not console.is_terminal:  # a pipe or a log: do not squeeze columns into 80
         console = Console(width=200)

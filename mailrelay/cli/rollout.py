@@ -248,11 +248,21 @@ def evaluate(provider: str | None, dry_run: bool, as_json: bool) -> None:
 @command.command("pause")
 @provider_argument
 @reason_option
-def pause(provider: str, reason: str) -> None:
+@json_option
+def pause(provider: str, reason: str, as_json: bool) -> None:
     """Stop the controller changing PROVIDER's rollout; the gate keeps its percentage."""
     with _operator_errors():
         row = manage.pause(provider, actor=_operator(), reason=_reason(reason))
-    click.echo(f"{provider}: paused at {bp_to_percent(row.percent_bp):g}%")
+    _done(provider, row.state, row.percent_bp, as_json,
+          f"{provider}: paused at {bp_to_percent(row.percent_bp):g}%")
+
+
+def _done(provider: str, state: str, percent_bp: int, as_json: bool, words: str) -> None:
+    """What a change left: one line, or with --json the rollout's provider, state, percent."""
+    if as_json:
+        emit_json({"provider": provider, "state": state, "percent": bp_to_percent(percent_bp)})
+    else:
+        click.echo(words)
 
 
 @command.command("resume")
@@ -260,11 +270,13 @@ def pause(provider: str, reason: str) -> None:
 @click.option("--percent", type=float, callback=_parsed(percent_to_bp),
               help="Start again here (from aborted the default is the ladder's first step).")
 @reason_option
-def resume(provider: str, percent: int | None, reason: str) -> None:
+@json_option
+def resume(provider: str, percent: int | None, reason: str, as_json: bool) -> None:
     """Hand a paused or aborted rollout back to the controller."""
     with _operator_errors():
         row = manage.resume(provider, actor=_operator(), reason=_reason(reason), percent_bp=percent)
-    click.echo(f"{provider}: running at {bp_to_percent(row.percent_bp):g}%")
+    _done(provider, row.state, row.percent_bp, as_json,
+          f"{provider}: running at {bp_to_percent(row.percent_bp):g}%")
 
 
 @command.command("rollback")
@@ -295,7 +307,8 @@ def rollback(provider: str, reason: str, as_json: bool) -> None:
 
 @command.command("history")
 @click.argument("provider", required=False, type=click.Choice(providers.names()))
-@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100_000), default=20, show_default=True,
+              help="At most N entries, newest first.")
 @json_option
 def history(provider: str | None, limit: int, as_json: bool) -> None:
     """Decisions and changes, newest first: who, why, what was read, percent before/after."""
@@ -317,7 +330,8 @@ def history(provider: str | None, limit: int, as_json: bool) -> None:
 @provider_argument
 @reason_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
-def remove(provider: str, reason: str, yes: bool) -> None:
+@json_option
+def remove(provider: str, reason: str, yes: bool, as_json: bool) -> None:
     """Delete PROVIDER's rollout: every sender is admitted to it again. History stays."""
     reason = _reason(reason)
     if not yes:
@@ -327,8 +341,9 @@ def remove(provider: str, reason: str, yes: bool) -> None:
         click.confirm(f"Remove the {provider} rollout and admit every sender?", abort=True, err=True)
     with _operator_errors():
         row = manage.remove(provider, actor=_operator(), reason=reason)
-    click.echo(f"{provider}: rollout removed (it was {row.state} at "
-               f"{bp_to_percent(row.percent_bp):g}%); every sender is admitted")
+    _done(provider, "removed", row.percent_bp, as_json,
+          f"{provider}: rollout removed (it was {row.state} at "
+          f"{bp_to_percent(row.percent_bp):g}%); every sender is admitted")
 
 
 @command.command("which")

@@ -9,10 +9,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mailrelay.emulator import mime, summary
-from mailrelay.emulator.faults import RuleError, parse_rule
+from mailrelay.emulator.faults import RuleError, check_endpoint, parse_rule
 from mailrelay.emulator.graph_mail import valid_address
 from mailrelay.emulator.microsoft import DEFAULT_APP_ROLES
-from mailrelay.emulator.server import Request, Response, Route, json_response
+from mailrelay.emulator.server import Request, Response, Route, injectable_endpoints, json_response
 from mailrelay.emulator.state import MsApp, State
 
 _MESSAGE = r"/_emulator/api/messages/(?P<id>[0-9a-f]{1,32})"
@@ -146,6 +146,7 @@ def routes(state: State) -> list[Route]:
             body = body["rule"]
         try:
             rule = parse_rule(body)
+            check_endpoint(rule.endpoint, injectable_endpoints())
         except RuleError as err:
             return _problem(400, str(err))
         return json_response(200, {"id": state.faults.add(rule), "rule": rule.as_dict()})

@@ -7,9 +7,11 @@ provider endpoints, never to the control API, so a test can always undo what it 
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import random
 import threading
+from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -84,6 +86,16 @@ def parse_rule(raw: object) -> FaultRule:
     if rule.after_send and rule.endpoint not in DELIVERING_ENDPOINTS | {"*"}:
         raise RuleError(f"after_send applies to {', '.join(sorted(DELIVERING_ENDPOINTS))} only")
     return rule
+
+
+def check_endpoint(endpoint: str, known: Collection[str]) -> None:
+    """Refuse an endpoint name no provider route has (a rule for it would never fire),
+    with the nearest known name; ``*`` is every endpoint."""
+    if endpoint == "*" or endpoint in known:
+        return
+    hint = difflib.get_close_matches(endpoint, sorted(known), n=1, cutoff=0.5)
+    raise RuleError(f"unknown endpoint {endpoint!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" (endpoints: {', '.join(sorted(known))}, or * for all)")
 
 
 def _int(raw: dict[str, Any], key: str, low: int, high: int) -> int | None:

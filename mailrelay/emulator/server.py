@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import re
 import shutil
@@ -417,20 +418,34 @@ class Emulator:
         self.stop()
 
 
+def provider_routes(state: State) -> list[Route]:
+    """Google's and Microsoft's routes over ``state``."""
+    from mailrelay.emulator import google, microsoft  # they import this module
+
+    return [*google.Google(state).routes(), *microsoft.Microsoft(state).routes()]
+
+
+@functools.cache
+def injectable_endpoints() -> tuple[str, ...]:
+    """The endpoint names a fault rule may name: those of the provider routes that take
+    faults (the control API, the inbox page and the consent pages take none)."""
+    return tuple(sorted({route.endpoint for route in provider_routes(State())
+                         if route.fault is not None}))
+
+
 def start(host: str = "127.0.0.1", port: int = 0, state_dir: str | Path | None = None, *,
           log_stream: TextIO | None = None, quiet: bool = False) -> Emulator:
     """Start the emulator in a background thread. Without ``state_dir`` a temporary one
     is made, and removed by ``stop()``. One line per request goes to ``log_stream``
     (default: stderr) unless ``quiet``."""
-    from mailrelay.emulator import control, google, inbox, microsoft  # they import this module
+    from mailrelay.emulator import control, inbox  # they import this module
 
     owns_dir = state_dir is None
     directory = Path(tempfile.mkdtemp(prefix="mailrelay-emulator-")) if owns_dir else Path(str(state_dir))
     try:
         files = tls.ensure_certificates(directory)
         state = State()
-        router = Router([*control.routes(state), *inbox.routes(state), *google.Google(state).routes(),
-                         *microsoft.Microsoft(state).routes()])
+        router = Router([*control.routes(state), *inbox.routes(state), *provider_routes(state)])
         server = _Server((host, port), files.server_context(), router, state, log_stream, quiet)
     except BaseException:
         if owns_dir:  # nobody else knows the temporary directory: do not leave it behind

@@ -170,6 +170,20 @@ def reencrypt_all(reencrypt: Callable[[bytes], bytes]) -> int:
     return count
 
 
+def newest_secret() -> bytes | None:
+    """The most recently stored encrypted secret of any account, or None: enough to tell
+    whether the configured key is the one secrets are stored with now."""
+    with_secret = (accounts.c.client_secret_enc.is_not(None)
+                   | accounts.c.refresh_token_enc.is_not(None))
+    with db_errors(), get_engine().connect() as conn:
+        row = conn.execute(select(*(accounts.c[name] for name in SECRET_COLUMNS))
+                           .where(with_secret).order_by(accounts.c.updated_at.desc())
+                           .limit(1)).first()
+    if row is None:
+        return None
+    return next(bytes(value) for value in row if value)
+
+
 def list_all() -> list[dict[str, Any]]:
     with db_errors(), get_engine().connect() as conn:
         rows = conn.execute(select(accounts).order_by(accounts.c.address)).mappings().all()

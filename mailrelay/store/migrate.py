@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -31,7 +32,16 @@ def current(url: str) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-def head() -> str | None:
+def _scripts() -> Any:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def head() -> str | None:
+    return _scripts().get_current_head()  # type: ignore[no-any-return]
+
+
+def revisions() -> list[str]:
+    """Every revision this version knows, oldest first."""
+    return [script.revision for script in reversed(list(_scripts().walk_revisions()))]

@@ -1,4 +1,4 @@
-"""On-call: list failed messages, read them for a replay, replay one message.
+"""On-call: list failed and rejected messages, read them for a replay, replay one message.
 
 What a replay would do with each message (its verdict) is ``mailrelay.replay``.
 
@@ -46,7 +46,13 @@ def failed_query(*, provider: str | None = None, account: str | None = None,
     """Failed messages, newest first. ``state = 'failed'`` ordered by ``updated_at`` is
     what the partial index ix_messages_failed holds: a failed message's ``updated_at`` is
     when it failed, and nothing else touches it until a replay takes it out of the index."""
-    query = select(*_COLUMNS).where(_m.state == State.FAILED.value)
+    return _in_state(State.FAILED, provider=provider, account=account, code=code, since=since,
+                     limit=limit)
+
+
+def _in_state(state: State, *, provider: str | None, account: str | None, code: str | None,
+              since: dt.datetime | None, limit: int | None) -> Select[Any]:
+    query = select(*_COLUMNS).where(_m.state == state.value)
     if provider:
         query = query.where(_m.provider == provider)
     if account:
@@ -64,6 +70,22 @@ def failed(*, provider: str | None = None, account: str | None = None, code: str
     query = failed_query(provider=provider, account=account, code=code, since=since, limit=limit)
     with db_errors(), get_engine().connect() as conn:
         return [_failed_dict(row) for row in conn.execute(query)]
+
+
+def rejected(*, provider: str | None = None, account: str | None = None,
+             code: str | None = None, since: dt.datetime | None = None,
+             limit: int | None = DEFAULT_LIMIT) -> list[dict[str, Any]]:
+    """Requests refused at intake matching every filter given, newest first; no content.
+
+    A rejected row never changes after intake, so ``updated_at`` is when it was refused.
+    No index holds rejections by time (a filter on ``state`` scans the table): this is
+    an on-call listing, run by hand, not a hot path."""
+    query = _in_state(State.REJECTED, provider=provider, account=account, code=code,
+                      since=since, limit=limit)
+    with db_errors(), get_engine().connect() as conn:
+        return [{"id": row.id, "rejected_at": iso(row.updated_at), "account": row.from_address,
+                 "provider": row.provider, "error_code": row.error_code,
+                 "error_detail": row.error_detail} for row in conn.execute(query)]
 
 
 def _failed_dict(row: Any) -> dict[str, Any]:

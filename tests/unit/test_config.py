@@ -65,7 +65,7 @@ def test_every_setting_is_described() -> None:
 
 def test_passwords_in_urls_never_show() -> None:
     with pytest.raises(ConfigError) as err:
-        config.load({"MAILRELAY_DATABASE_URL": "postgres://app:S3cretPw@db/mailrelay"})
+        config.load({"MAILRELAY_DATABASE_URL": "mysql://app:S3cretPw@db/mailrelay"})
     assert "S3cretPw" not in str(err.value) and "app:***@db" in str(err.value)
     settings = config.load({"MAILRELAY_REDIS_URL": "redis://:hunter2@cache:6379/2"})
     assert "hunter2" not in repr(settings) and "redis://:***@cache:6379/2" in repr(settings)
@@ -107,3 +107,17 @@ def test_the_default_outbox_directory_is_made_on_first_use(tmp_path: Path,
         assert conn.execute(text("select 1")).scalar() == 1
     engine.dispose()
     assert (tmp_path / "data" / "mailrelay" / "mailrelay.db").exists()
+
+
+@pytest.mark.parametrize("scheme", ["postgresql", "postgres", "postgresql+psycopg2"])
+def test_postgresql_urls_go_through_psycopg2(scheme: str) -> None:
+    settings = config.load({"MAILRELAY_DATABASE_URL": f"{scheme}://app:pw@db:5432/mailrelay"})
+    assert settings.database_url == "postgresql+psycopg2://app:pw@db:5432/mailrelay"
+
+
+def test_a_postgresql_driver_not_shipped_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load({"MAILRELAY_DATABASE_URL": "postgresql+psycopg://app:S3cretPw@db/mailrelay"})
+    message = str(err.value)
+    assert message.startswith("MAILRELAY_DATABASE_URL=") and "psycopg2" in message
+    assert "S3cretPw" not in message and "\n" not in message

@@ -116,3 +116,27 @@ def test_smtp_accounts_take_the_server_and_an_optional_login(env: dict[str, str]
     assert code == 0 and accounts.credentials("open@example.com").client_secret is None
     code, out = run("accounts", "add", "smtp", "bad@example.com")
     assert code == 1 and "--tenant must be the server" in out
+
+
+def test_remove_rotate_key_and_genkey_take_json(env: dict[str, str]) -> None:
+    assert run("accounts", "add", "gmail", "o@example.com", "--client-id", "cid", env=env)[0] == 0
+    code, out = run("accounts", "rotate-key", "--json")
+    assert code == 0 and json.loads(out) == {"reencrypted": 2}
+    code, out = run("accounts", "genkey", "--json")
+    assert code == 0 and Fernet(json.loads(out)["key"].encode())
+    code, out = run("accounts", "remove", "O@example.com", "--json")
+    assert code == 0 and json.loads(out) == {"address": "o@example.com", "done": "removed"}
+
+
+def test_a_refresh_token_from_elsewhere_is_not_called_checked(env: dict[str, str]) -> None:
+    code, out = run("accounts", "add", "gmail", "o@example.com", "--client-id", "cid", env=env)
+    assert code == 0
+    assert "not tested yet: run `mailrelay accounts check o@example.com`" in out
+
+
+def test_checking_a_sink_account_claims_no_token(sink_account: str) -> None:
+    code, out = run("accounts", "check", sink_account, "--json")
+    assert code == 0
+    found = json.loads(out)
+    assert found["ok"] is True and "token was issued" not in found["diagnosis"]
+    assert "nothing to test without sending" in found["diagnosis"]

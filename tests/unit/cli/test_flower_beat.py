@@ -27,19 +27,6 @@ AUTH = f"ops:{PASSWORD}"
 
 
 @pytest.fixture
-def setenv(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
-    """Set MAILRELAY_* variables for the test and reload the settings."""
-
-    def set_(**values: str) -> None:
-        for name, value in values.items():
-            monkeypatch.setenv(name, value)
-        get_settings.cache_clear()
-
-    yield set_
-    get_settings.cache_clear()
-
-
-@pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     """Stand in for the Celery app's `start`; record its argv and the FLOWER_* environment."""
     from mailrelay.celery_app import app

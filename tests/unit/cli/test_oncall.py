@@ -157,9 +157,11 @@ def test_a_replay_whose_publish_fails_is_left_to_the_reconciler(
 
     monkeypatch.setattr("mailrelay.tasks.routing.enqueue_delivery", broker_down)
     result = run("replay", "--code", "invalid_recipient", "--reason", "r", "--yes", "--json")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 69, result.output
     report = json.loads(result.stdout)
     assert (report["replayed"], report["not_enqueued"]) == (3, 3)
+    assert {m["result"] for m in report["messages"]} == {"replayed; not enqueued"}
     assert len(published) == 1  # the broker is down: not tried for every message
-    assert "reconciler" in result.stderr and "OperationalError" in result.stderr
+    assert "broker unavailable" in result.stderr and "MAILRELAY_BROKER_URL" in result.stderr
+    assert "3 replayed messages are queued" in result.stderr and "reconciler" in result.stderr
     assert _states(messages["failed"]) == ["queued"] * 3

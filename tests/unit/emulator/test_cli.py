@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from mailrelay.cli import cli
 from mailrelay.emulator import EmulatorClient
+from mailrelay.emulator.client import EmulatorError
 
 STARTUP_TIMEOUT = 30
 
@@ -103,3 +104,41 @@ def test_cli_usage_errors_and_unreachable_emulator(foreground: Foreground) -> No
     gone = f"https://127.0.0.1:{port}"
     result = runner.invoke(cli, ["emulator", "stats", "--url", gone, "--ca", foreground.ca])
     assert result.exit_code == 69
+
+
+@pytest.mark.parametrize(("endpoint", "hint"), [("graph.send", "did you mean 'graph.sendmail'?"),
+                                                ("bogus", "endpoints: gmail.list")])
+def test_inject_refuses_an_endpoint_no_route_has(endpoint: str, hint: str) -> None:
+    result = CliRunner().invoke(cli, ["emulator", "inject", "--url", "https://127.0.0.1:9",
+                                      "--endpoint", endpoint, "--status", "500"])
+    assert result.exit_code == 2 and hint in result.output
+
+
+def test_the_control_api_refuses_an_unknown_endpoint_too(foreground: Foreground) -> None:
+    control = EmulatorClient(foreground.url, verify=foreground.ca)
+    with pytest.raises(EmulatorError, match=r"did you mean 'gmail\.send'"):
+        control.inject(endpoint="gmail.sned", status=500)
+    control.inject(endpoint="graph.sendmail", status=500)  # Microsoft's names are known too
+    assert [rule["endpoint"] for rule in control.faults()] == ["graph.sendmail"]
+
+
+def test_help_names_both_providers_and_every_injectable_endpoint() -> None:
+    from mailrelay.emulator.server import injectable_endpoints
+
+    text = " ".join(CliRunner().invoke(cli, ["emulator", "--help"]).output.split())
+    assert "Google" in text and "Microsoft" in text
+    inject_help = " ".join(CliRunner().invoke(cli, ["emulator", "inject", "--help"]).output.split())
+    assert all(name in inject_help for name in injectable_endpoints())
+    assert {"gmail.send", "graph.sendmail", "ms.token"} <= set(injectable_endpoints())
+
+
+def test_a_closed_emulator_port_is_one_line_and_69(tmp_path: Path) -> None:
+    from tests.unit.cli.test_failures import closed_port
+
+    url = f"https://127.0.0.1:{closed_port()}"
+    result = CliRunner().invoke(cli, ["emulator", "stats", "--url", url])
+    assert result.exit_code == 69
+    assert result.stderr == f"mailrelay: emulator unavailable at {url}: Connection refused\n"
+    missing = tmp_path / "ca.pem"
+    result = CliRunner().invoke(cli, ["emulator", "reset", "--url", url, "--ca", str(missing)])
+    assert (result.exit_code, result.stderr) == (66, f"mailrelay: cannot read {missing}: no such file\n")
