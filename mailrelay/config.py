@@ -179,6 +179,12 @@ TABLE: tuple[Setting, ...] = (
             "seconds between the two lookups that must both miss before a message is resent"),
     Setting("max_takeovers", _int(0, 100), "3",
             "takeovers from workers that died mid-attempt before a message fails as worker_lost"),
+    Setting("intake_time_limit", _int(5, 600), "30",
+            "seconds mailrelay.send may work on one request before it is rejected as "
+            "intake_timeout (Celery's soft time limit; the process is killed 15 s later)"),
+    Setting("deliver_time_limit", _int(60, 86400), "900",
+            "seconds one delivery attempt may take before it ends with its outcome unknown "
+            "(soft time limit; the process is killed 60 s later)"),
     Setting("reconcile_after", _int(10, 86400), "120",
             "seconds a message may sit untouched (queued, due, or with an expired lease) before "
             "the reconciler re-enqueues it"),
@@ -246,6 +252,8 @@ class Settings:
     db_pool_size: int
     lease_seconds: int
     provider_timeout: float
+    intake_time_limit: int
+    deliver_time_limit: int
     verify_settle_seconds: float
     verify_recheck_seconds: float
     max_takeovers: int

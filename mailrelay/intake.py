@@ -24,6 +24,9 @@ from mailrelay.rollout import gate
 from mailrelay.store import outbox
 from mailrelay.store.outbox import AccountRef, IntakeResult
 
+# An HTML body at least this long is worth one lookup of an earlier delivery of the same
+# request before it is sanitized (sanitizing 16 kB costs about as much as a round trip).
+REPEAT_LOOKUP_CHARS = 16 * 1024
 
 @dataclass(frozen=True)
 class Accepted:
@@ -47,6 +50,10 @@ def take_in(raw: object, *, request_id: str | None, actor: str) -> Accepted:
         route = gate.route(account, _provider_for(message, account),
                            (r.domain for r in message.recipients))
         content_hash = message.content_hash()  # the producer's content, before the policy
+        earlier = _stored_before(message, request_id)
+        if earlier is not None:
+            INTAKE.labels(result="repeated", code="").inc()
+            return Accepted(earlier, earlier.provider)
         applied = content_policy.apply(message, account.html_policy)
         message = applied.message
         size = fit.check(message, route.provider)
@@ -63,6 +70,16 @@ def take_in(raw: object, *, request_id: str | None, actor: str) -> Accepted:
     INTAKE.labels(result="accepted" if result.created else "repeated", code="").inc()
     # A repeat goes where the earlier message went, whatever the gate says now.
     return Accepted(result, result.provider or route.provider)
+
+
+def _stored_before(message: Message, request_id: str | None) -> IntakeResult | None:
+    """A redelivered request with a large HTML body is looked up before its HTML is
+    sanitized again: sanitizing it is what costs (a hostile body most of all), and a
+    redelivery finds the first delivery's row. Small bodies skip the round trip: the
+    insert finds the earlier row anyway."""
+    if request_id is None or len(message.html or "") < REPEAT_LOOKUP_CHARS:
+        return None
+    return outbox.earlier_request(request_id)
 
 
 def _account_for(message: Message) -> AccountRef:
@@ -91,6 +108,15 @@ def _raw_from(raw: object) -> str | None:
         if isinstance(value, str):
             return value.strip().lower()[:320]
     return None
+
+
+def reject_overtime(raw: object, *, request_id: str | None, actor: str) -> IntakeResult:
+    """A request intake could not finish within MAILRELAY_INTAKE_TIME_LIMIT: stored as
+    rejected, so that the producer learns it and a redelivery finds the row."""
+    err = ValidationError("intake_timeout", f"intake did not finish with the request within "
+                          f"{get_settings().intake_time_limit} s")
+    INTAKE.labels(result="rejected", code=err.code).inc()
+    return outbox.reject(raw, err, request_id=request_id, actor=actor, from_address=_raw_from(raw))
 
 
 def reject_call(detail: str, *, request_id: str | None, actor: str) -> IntakeResult:

@@ -246,6 +246,12 @@ def _existing(conn: Connection, where: Any) -> IntakeResult | None:
                         provider=row.provider) if row else None
 
 
+def earlier_request(request_id: str) -> IntakeResult | None:
+    """The message an intake request already stored, if it was delivered to intake before."""
+    with db_errors(), get_engine().connect() as conn:
+        return _existing(conn, messages.c.request_id == request_id)
+
+
 def _raw_payload(raw: object) -> str | None:
     try:
         text = json.dumps(raw, sort_keys=True, default=repr)

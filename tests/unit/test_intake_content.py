@@ -123,3 +123,23 @@ def test_an_html_body_too_large_to_sanitize_is_refused(account: str) -> None:
     assert (accepted.result.state, accepted.result.error_code) == ("rejected", "message_too_large")
     accounts.configure(SENDER, html_policy="off")  # the way out for a producer who needs it
     assert _take(html="<p>" + "x" * SANITIZE_LIMIT + "</p>").result.state == "queued"
+
+
+def test_a_redelivered_request_is_not_sanitized_twice(account: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Intake found its request stored already (a redelivery): a large HTML body is not
+    run through the sanitizer again, which is what would cost (a hostile one, most)."""
+    from mailrelay.content import policy
+
+    raw = {"from": SENDER, "to": ["r@example.org"], "subject": "s",
+           "html": "<p>" + "big " * 10_000 + "</p>"}
+    first = take_in(raw, request_id="req-1", actor="test")
+    assert first.result.state == "queued" and first.result.created
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("sanitized again")
+
+    monkeypatch.setattr(policy, "sanitize", must_not_run)
+    again = take_in(raw, request_id="req-1", actor="test")
+    assert again.result.message_id == first.result.message_id and not again.result.created
+    assert again.provider == "sink"
