@@ -50,6 +50,8 @@ from mailrelay.store.states import State
 log = get_logger(__name__)
 
 WORKER_LOST = "worker_lost"
+# A task that found its retry not yet due (by the database's clock) comes back no sooner.
+EARLY_RETRY_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -303,6 +305,12 @@ def _not_claimed(message_id: str) -> Report:
     if found is None:
         log.warning("no message with this id; task dropped")
         return Report(message_id, None)
-    retry_in = _countdown(found.next_attempt_at) if found.state == State.RETRYING else None
-    # A retry already due is not re-sent from here: the task that claimed it is running.
-    return Report(message_id, found.state, found.provider, retry_in=retry_in or None)
+    if found.state != State.RETRYING:
+        # Claimed by another task (a twin, a takeover) or finished: nothing to do here.
+        return Report(message_id, found.state, found.provider)
+    # Still waiting: this task came early, by a worker clock ahead of the database's or by
+    # a countdown that ran out the moment before its due time. Come back when it is due
+    # (never drop it: the reconciler would only find it minutes later).
+    due_in = found.due_in if found.due_in is not None else 0.0
+    retry_in = max(due_in, EARLY_RETRY_SECONDS) if due_in <= get_settings().countdown_max else None
+    return Report(message_id, found.state, found.provider, retry_in=retry_in)

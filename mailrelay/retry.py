@@ -18,9 +18,6 @@ from mailrelay.store.outbox import Outcome
 from mailrelay.store.states import State
 
 MIN_WAIT_SECONDS = 1.0
-# After an attempt that may have reached the provider, wait at least this long before
-# asking it: a message accepted a moment ago may not be searchable yet.
-SETTLE_SECONDS = 5.0
 # A revoked grant is the account's trouble, not the message's: its messages wait for
 # `mailrelay auth reconnect` (which resumes them) until their retry window closes.
 PARKED_CODE = "auth_revoked"
@@ -32,11 +29,15 @@ class RetryLimits:
     max_age: dt.timedelta
     base: float
     cap: float
+    # After an attempt that may have reached the provider, wait at least this long before
+    # asking it: a message accepted a moment ago may not be searchable yet
+    # (MAILRELAY_VERIFY_SETTLE_SECONDS).
+    settle: float = 15.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryLimits:
         return cls(settings.retry_max_attempts, dt.timedelta(seconds=settings.retry_max_age),
-                   settings.retry_base, settings.retry_cap)
+                   settings.retry_base, settings.retry_cap, settings.verify_settle_seconds)
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def limits_for(code: str, limits: RetryLimits) -> RetryLimits:
     return RetryLimits(
         max_attempts=policy.max_attempts or limits.max_attempts, max_age=limits.max_age,
         base=policy.base if policy.base is not None else limits.base,
-        cap=min(policy.cap, limits.cap) if policy.cap is not None else limits.cap)
+        cap=min(policy.cap, limits.cap) if policy.cap is not None else limits.cap,
+        settle=limits.settle)
 
 
 def backoff(attempt: int, limits: RetryLimits, rng: random.Random | None = None) -> float:
@@ -90,13 +92,14 @@ def decide(err: MailrelayError, *, attempt: int, created_at: dt.datetime, now: d
                        detail=f"{err} (gave up after {attempt} attempts)")
     wait = err.retry_after if err.retry_after is not None else backoff(attempt, limits, rng)
     if sent_unknown:
-        wait = max(wait, SETTLE_SECONDS)
-    at = now + dt.timedelta(seconds=max(wait, 0.0))
+        wait = max(wait, limits.settle)
+    wait = max(wait, 0.0)
+    at = now + dt.timedelta(seconds=wait)
     if at > created_at + limits.max_age:
         return Outcome(State.FAILED, code=err.code,
                        detail=f"{err} (retry window of {limits.max_age} closed)")
     return Outcome(State.RETRYING, code=err.code, detail=str(err), next_attempt_at=at,
-                   verify=sent_unknown)
+                   verify=sent_unknown, wait=wait)
 
 
 def _park(err: MailrelayError, *, created_at: dt.datetime, now: dt.datetime, limits: RetryLimits,

@@ -215,6 +215,10 @@ class Outcome:
     # When the attempt ended, if known: the attempt row's finished_at, and the moment a
     # retry wait was counted from, are then the same instant.
     ended_at: dt.datetime | None = None
+    # The retry's wait as the worker measured it (``next_attempt_at - ended_at``): on
+    # PostgreSQL the database's clock places it, so every host agrees when it is due.
+    # None: ``next_attempt_at`` is a deadline of its own (a parked message's window).
+    wait: float | None = None
 
 
 def _audit(conn: Connection, message_id: str | None, actor: str, action: str, *, now: dt.datetime,
@@ -463,8 +467,7 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
     attempt row is still closed so that the history shows what this worker saw, and a
     provider id of a send that succeeded all the same goes on the message, so the new
     owner never sends it again. On PostgreSQL the times are the database's clock unless
-    ``now`` is given; an outcome that says when it ended is then due
-    ``next_attempt_at - ended_at`` after that clock.
+    ``now`` is given; a retry with a ``wait`` is then due that long after that clock.
     """
     check({State.SENDING}, outcome.state)
     attempt_outcome = {State.SENT: "sent", State.RETRYING: "retry", State.FAILED: "failed"}[outcome.state]
@@ -472,11 +475,7 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
     lost_reason = f"attempt ended {attempt_outcome} after the lease was lost"
     sent = outcome.state is State.SENT
     if get_engine().dialect.name == "postgresql":
-        retry_in = None
-        if now is None and outcome.next_attempt_at is not None and outcome.ended_at is not None:
-            # The worker's clock measured the wait from the attempt's end; the database's
-            # clock places it, so every host agrees when the retry is due.
-            retry_in = max(0.0, (outcome.next_attempt_at - outcome.ended_at).total_seconds())
+        retry_in = outcome.wait if now is None and outcome.next_attempt_at is not None else None
         row = pg_fastpath.run(pg_fastpath.FINISH, {
             "message_id": claim.message_id, "owner": claim.owner, "attempt_id": claim.attempt_id,
             "state": outcome.state.value, "now": pg_fastpath.naive_utc(now),
@@ -576,6 +575,8 @@ class Brief:
     provider: str | None
     next_attempt_at: dt.datetime | None
     lease_expires_at: dt.datetime | None
+    # Seconds until next_attempt_at on the database's clock, the one the claim judges by.
+    due_in: float | None = None
 
 
 def brief(message_id: str) -> Brief | None:
@@ -584,7 +585,11 @@ def brief(message_id: str) -> Brief | None:
     with db_errors(), get_engine().connect() as conn:
         row = conn.execute(select(m.state, m.provider, m.next_attempt_at, m.lease_expires_at)
                            .where(m.id == message_id)).first()
-    return Brief(row.state, row.provider, row.next_attempt_at, row.lease_expires_at) if row else None
+        now = database_now(conn) if row is not None and row.next_attempt_at else None
+    if row is None:
+        return None
+    due_in = (row.next_attempt_at - now).total_seconds() if now and row.next_attempt_at else None
+    return Brief(row.state, row.provider, row.next_attempt_at, row.lease_expires_at, due_in)
 
 
 # --- reading ----------------------------------------------------------------------------

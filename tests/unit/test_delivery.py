@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 
 from mailrelay import leases, providers
 from mailrelay.auth import accounts
@@ -311,3 +311,19 @@ def test_a_send_stops_before_its_request_once_the_lease_is_gone(
     report = deliver(mid, worker="w")
     assert report.state is None  # lease lost: the new owner decides
     assert StolenLease.sent == []
+
+
+def test_a_task_that_comes_early_by_a_fast_worker_clock_comes_back_when_due(
+        scripted: type[Scripted], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim judges by the database's clock; a worker whose clock runs ahead sees the
+    retry as due already. The task must come back when it is due, not be dropped."""
+    mid = _message()
+    with get_engine().begin() as conn:
+        conn.execute(text("UPDATE messages SET state = 'retrying', "
+                          "next_attempt_at = (now() AT TIME ZONE 'UTC') + interval '3 seconds' "
+                          "WHERE id = :id"), {"id": mid})
+    real = outbox.utcnow
+    monkeypatch.setattr(outbox, "utcnow", lambda: real() + dt.timedelta(seconds=10))
+    report = deliver(mid, worker="w")
+    assert report.state == "retrying" and scripted.sent == []
+    assert report.retry_in is not None and 2 < report.retry_in <= 3.5

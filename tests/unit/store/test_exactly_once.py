@@ -136,7 +136,7 @@ def test_a_skewed_worker_clock_takes_over_no_live_lease(monkeypatch: pytest.Monk
     # A retry measured by the skewed clock is due when the database's clock says so.
     ended = outbox.utcnow()
     assert outbox.finish(live, Outcome(State.RETRYING, code="network_error", ended_at=ended,
-                                       next_attempt_at=ended + dt.timedelta(seconds=60)),
+                                       next_attempt_at=ended + dt.timedelta(seconds=60), wait=60),
                          latency_ms=1)
     due = _row(mid)["next_attempt_at"]
     assert isinstance(due, dt.datetime)
