@@ -12,8 +12,7 @@ from mailrelay.tasks.routing import enqueue_delivery
 _MISSING: Any = object()
 
 
-@app.task(name=SEND_TASK, base=MailrelayTask, bind=True, ignore_result=False,
-          Request="mailrelay.tasks.base:RedactedRequest")
+@app.task(name=SEND_TASK, base=MailrelayTask, bind=True, ignore_result=False)
 def send(self: MailrelayTask, message: Any = _MISSING, **unexpected: Any) -> dict[str, Any]:
     # Any call shape is accepted, so that a malformed request is stored as `rejected`
     # with a code instead of failing inside Celery with no record.
