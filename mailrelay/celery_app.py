@@ -19,6 +19,7 @@ import os
 from typing import Any
 
 from celery import Celery, signals
+from celery.app.amqp import AMQP
 from kombu.entity import Queue
 
 from mailrelay import metrics_server, providers
@@ -41,9 +42,24 @@ def _beat_schedule() -> dict[str, dict[str, object]]:
     return dict(beat_schedule.SCHEDULE)
 
 
+class RedactingAMQP(AMQP):  # type: ignore[misc]
+    """Celery's message builder, with ids-only reprs for ``mailrelay.send``.
+
+    Whoever publishes through this app (``send_async``, a caller's own ``send_task``, a
+    task retried by a worker), the message travels neither in the ``argsrepr`` and
+    ``kwargsrepr`` headers nor in the ``task-sent`` event built with them (what Flower
+    and ``celery events`` show). The task reads its message from the body.
+    """
+
+    def as_task_v2(self, task_id: str, name: str, *args: Any, **options: Any) -> Any:
+        if name == SEND_TASK:
+            options.update(argsrepr="()", kwargsrepr=REDACTED_KWARGS)
+        return super().as_task_v2(task_id, name, *args, **options)
+
+
 def make_app() -> Celery:
     settings = get_settings()
-    celery = Celery("mailrelay", include=[
+    celery = Celery("mailrelay", amqp=RedactingAMQP, include=[
         "mailrelay.tasks.intake", "mailrelay.tasks.deliver", "mailrelay.tasks.control",
         "mailrelay.tasks.bench"])
     celery.conf.update(
@@ -80,14 +96,12 @@ metrics_server.prepare(get_settings().metrics_port)
 app = make_app()
 
 
-@signals.before_task_publish.connect
-def _redact_published(sender: str | None = None, headers: dict[str, Any] | None = None,
-                      **_: Any) -> None:
-    # Whatever a caller passed, mailrelay.send's message never travels in the headers that
-    # events, Flower and `celery events` show (only in the body, which the task reads).
-    if sender == SEND_TASK and headers is not None:
-        headers["kwargsrepr"] = REDACTED_KWARGS
-        headers["argsrepr"] = "()"
+@signals.worker_init.connect
+def _leave_messages_out_of_logs(**_: Any) -> None:
+    # In the worker's main process, before the pool forks: its children inherit it.
+    from mailrelay import celery_logs
+
+    celery_logs.install()
 
 
 @signals.worker_init.connect

@@ -15,7 +15,7 @@ from typing import Any
 
 from celery.result import AsyncResult
 
-from mailrelay.celery_app import INTAKE_QUEUE, SEND_TASK, app
+from mailrelay.celery_app import INTAKE_QUEUE, REDACTED_KWARGS, SEND_TASK, app
 from mailrelay.intake import take_in
 from mailrelay.store import outbox
 from mailrelay.store.outbox import IntakeResult
@@ -66,5 +66,7 @@ def send(message: dict[str, Any], *, request_id: str | None = None) -> str:
 
 def send_async(message: dict[str, Any]) -> AsyncResult:
     """Publish a ``mailrelay.send`` task; its result is ``{"id", "state", "error_code"}``."""
-    # The published reprs are redacted by celery_app's before_task_publish handler.
-    return app.send_task(SEND_TASK, kwargs={"message": message}, queue=INTAKE_QUEUE)
+    # Ids-only reprs, for the headers and the task-sent event alike (celery_app's
+    # RedactingAMQP sets the same for any mailrelay.send published through the app).
+    return app.send_task(SEND_TASK, kwargs={"message": message}, queue=INTAKE_QUEUE,
+                         argsrepr="()", kwargsrepr=REDACTED_KWARGS)

@@ -2,11 +2,13 @@
 
 Codes are a contract: producers, dashboards and runbooks match on them. Add codes,
 never rename one. ``str()`` of an error names the provider and HTTP status where
-there is one and a short, redacted detail; never a token, an address list or a body.
+there is one and a short, redacted detail; never a token, an address or a body
+(addresses are scrubbed from every detail, ``scrub_addresses``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -78,7 +80,10 @@ class MailrelayError(Exception):
     def __init__(self, code: str, detail: str = "", *, provider: str | None = None,
                  status: int | None = None, retry_after: float | None = None) -> None:
         self.code = code
-        self.detail = _truncate(detail)
+        # Every detail passes here, whoever built it: a provider's text naming a
+        # recipient (Graph's ErrorInvalidRecipients, an SMTP reply) loses the address
+        # before it can reach error_detail, an attempt, the account's health or a log.
+        self.detail = _truncate(scrub_addresses(detail))
         self.provider = provider
         self.status = status
         self.retry_after = retry_after
@@ -135,6 +140,16 @@ class IllegalTransition(Exception):
 
 
 DETAIL_LIMIT = 300
+# Anything with an @ between characters that cannot delimit an address in a server's
+# or an API's text: quotes, brackets, commas and colons end it, so "'ada@x.org'" and
+# "<ada@x.org>:" lose only the address.
+_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\"',;:]*@[^\s<>()\[\]\"',;:]+")
+ADDRESS_MASK = "…"
+
+
+def scrub_addresses(text: str) -> str:
+    """``text`` with every address-like word replaced by ``…``."""
+    return _ADDRESS_LIKE.sub(ADDRESS_MASK, text) if "@" in text else text
 
 
 def _truncate(text: str) -> str:

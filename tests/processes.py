@@ -10,6 +10,9 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
+
+import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,13 +30,14 @@ def terminate_group(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 class Worker:
     def __init__(self, queues: str, *, concurrency: int = 4, pool: str = "prefork",
-                 log_dir: Path, extra_env: dict[str, str] | None = None) -> None:
+                 log_dir: Path, extra_env: dict[str, str] | None = None,
+                 prefetch_multiplier: int = 1) -> None:
         self.name = f"test-{uuid.uuid4().hex[:8]}@localhost"
         self.log_path = log_dir / f"{self.name.split('@')[0]}.log"
         self.queues = queues
         argv = [sys.executable, "-m", "celery", "-A", "mailrelay.celery_app", "worker",
                 "-Q", queues, "-P", pool, "-c", str(concurrency), "-n", self.name,
-                "--prefetch-multiplier", "1", "-E", "-l", "info", "--without-gossip",
+                "--prefetch-multiplier", str(prefetch_multiplier), "-E", "-l", "info", "--without-gossip",
                 "--without-mingle"]
         env = {**os.environ, **(extra_env or {})}
         self._log = self.log_path.open("wb")
@@ -62,3 +66,40 @@ class Worker:
         with contextlib.suppress(ProcessLookupError):  # pool children that outlived their parent
             os.killpg(self.process.pid, signal.SIGKILL)
         self._log.close()
+
+
+class Flower:
+    """`mailrelay flower` as a child process in its own process group."""
+
+    def __init__(self, port: int, workdir: Path, env: dict[str, str]) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = workdir / "flower.log"
+        self._log = self.log_path.open("wb")
+        # cwd: a directory of the test's own, so that no stray flowerconfig.py is read
+        # and nothing is written into the repository.
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailrelay.cli", "flower", "--port", str(port),
+             "--address", "127.0.0.1"], cwd=workdir, env={**os.environ, **env},
+            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def wait_listening(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"flower exited early:\n{self.log()}")
+            with contextlib.suppress(requests.ConnectionError):
+                requests.get(f"{self.url}/healthcheck", timeout=2)
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"flower not listening in {timeout}s:\n{self.log()}")
+
+    def get(self, path: str, auth: tuple[str, str] | None = None, **params: Any) -> requests.Response:
+        return requests.get(f"{self.url}{path}", auth=auth, params=params, timeout=10)
+
+    def stop(self, timeout: float = 15) -> int:
+        terminate_group(self.process, timeout)
+        self._log.close()
+        return int(self.process.returncode)

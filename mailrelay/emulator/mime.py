@@ -35,8 +35,10 @@ def envelope(raw: bytes) -> Envelope:
             domain = address.rpartition("@")[2].rstrip(".").lower()
             # RFC 2606 reserves .invalid for names that must never resolve.
             if "@" not in address or not domain or domain == "invalid" or domain.endswith(".invalid"):
-                # Whatever the header, this is the message adapters see from Gmail.
-                raise InvalidAddress("Invalid To header")
+                # Whatever the header, Gmail says "Invalid To header". The emulator adds the
+                # address it refused, as Graph's ErrorInvalidRecipients text does: a
+                # provider's text may name a recipient, and mailrelay must store none.
+                raise InvalidAddress(f"Invalid To header: '{address}'")
             recipients.setdefault(address.lower(), address)
     return Envelope(tuple(recipients), str(headers.get("Message-ID", "")).strip())
 

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 from mailrelay.auth import credentials
 from mailrelay.auth.credentials import Credentials
 from mailrelay.config import get_settings
-from mailrelay.errors import ProviderError
+from mailrelay.errors import ProviderError, scrub_addresses
 from mailrelay.message import Message, build_mime
 from mailrelay.providers.base import (
     Capabilities,
@@ -108,7 +108,6 @@ REFUSED = {
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-_ADDRESS_LIKE = re.compile(r"[^\s<>()\[\]\"',;:]*@[^\s<>()\[\]\"',;:]+")
 _HOSTNAME = re.compile(r"[a-z0-9_](?:[a-z0-9_.-]{0,251}[a-z0-9_.])?")
 _PATH_TEXT = re.compile(r"[ -~]+")  # printable ASCII: no CR, LF or anything smtplib cannot send
 
@@ -264,7 +263,7 @@ def server_text(text: bytes | str, limit: int = 200) -> str:
     """A server's reply text on one line, addresses blanked (error details carry none)."""
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return _ADDRESS_LIKE.sub("…", " ".join(text.split()))[:limit]
+    return scrub_addresses(" ".join(text.split()))[:limit]
 
 
 # -- the message as SMTP sends it --------------------------------------------------------

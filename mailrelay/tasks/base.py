@@ -16,7 +16,6 @@ from typing import Any
 from celery import Task
 from celery.worker.request import Request
 
-from mailrelay.celery_app import REDACTED_KWARGS
 from mailrelay.errors import TransientInfraError
 from mailrelay.logctx import get_logger, log_context
 from mailrelay.metrics import TASK_RETRIES, TASK_SECONDS
@@ -26,23 +25,54 @@ log = get_logger(__name__)
 INFRA_RETRY_CAP = 60.0
 
 
-class RedactedRequest(Request):  # type: ignore[misc]
-    """Worker-side request whose repr shows no message content.
+# The only task arguments that logs, events, Flower and `celery inspect` may show: ids.
+ID_ARGUMENTS = frozenset({"message_id"})
+REDACTED = "<redacted>"
+_ID_LIMIT = 64
 
-    Producers using plain ``send_task`` put ``repr(kwargs)`` in the task headers; the
-    worker forwards those to events (Flower) and logs. This replaces them with ids.
+
+def ids_only(args: Any, kwargs: Any) -> tuple[str, str]:
+    """``(argsrepr, kwargsrepr)`` of a call showing ids and nothing else.
+
+    Positional arguments and every keyword argument but an id become ``<redacted>``, so a
+    task that is given a message (``mailrelay.send``), or a producer that puts one where it
+    does not belong, shows no content. Non-empty, because Celery falls back to
+    ``repr(kwargs)`` when a repr is empty.
+    """
+    shown_args = tuple(REDACTED for _ in args) if isinstance(args, list | tuple) else REDACTED
+    if not isinstance(kwargs, dict):
+        return repr(shown_args), repr(REDACTED)
+    shown = {str(key)[:_ID_LIMIT]: (value if key in ID_ARGUMENTS and isinstance(value, str)
+                                    and len(value) <= _ID_LIMIT else REDACTED)
+             for key, value in kwargs.items()}
+    return repr(shown_args), repr(shown)
+
+
+class RedactedRequest(Request):  # type: ignore[misc]
+    """Worker-side request that shows ids only, wherever Celery shows a request.
+
+    Celery reads a request in two ways: the ``argsrepr``/``kwargsrepr`` headers, as the
+    producer wrote them (``task-received`` events, ``repr``, the request context the pool
+    child logs from: "Task ... received/succeeded/raised unexpected" and their ``data``);
+    and the raw arguments, in ``info()``, which is what the control commands ``inspect
+    active/reserved/scheduled/query_task`` (Flower's worker page, ``/api/workers``)
+    return. The headers are replaced here, once, with ids-only reprs, whatever the
+    producer sent, and ``info()`` always uses them. The task itself still gets its
+    arguments: they travel in the body, which this does not touch.
     """
 
-    @property
-    def argsrepr(self) -> str:
-        return "()"
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        argsrepr, kwargsrepr = ids_only(self._args, self._kwargs)
+        self._argsrepr = self._request_dict["argsrepr"] = argsrepr
+        self._kwargsrepr = self._request_dict["kwargsrepr"] = kwargsrepr
 
-    @property
-    def kwargsrepr(self) -> str:
-        return REDACTED_KWARGS
+    def info(self, safe: bool = False) -> dict[str, Any]:
+        return dict(super().info(safe=True))
 
 
 class MailrelayTask(Task):  # type: ignore[misc]
+    Request = "mailrelay.tasks.base:RedactedRequest"
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
@@ -62,14 +92,11 @@ class MailrelayTask(Task):  # type: ignore[misc]
                 countdown = random.uniform(0, min(INFRA_RETRY_CAP, 2.0 ** self.request.retries))  # noqa: S311
                 log.warning("%s; task retried in %.1fs", err, countdown)
                 # The re-published task gets ids-only reprs too (events are built from them).
-                raise self.retry(exc=err, countdown=countdown, argsrepr="()",
-                                 kwargsrepr=self.redacted_kwargs(kwargs)) from err
+                argsrepr, kwargsrepr = ids_only(args, kwargs)
+                raise self.retry(exc=err, countdown=countdown, argsrepr=argsrepr,
+                                 kwargsrepr=kwargsrepr) from err
             finally:
                 TASK_SECONDS.labels(queue=queue).observe(time.perf_counter() - started)
-
-    def redacted_kwargs(self, kwargs: dict[str, Any]) -> str:
-        """What logs and events may show of a call: ids, never a message."""
-        return repr({k: (v if k == "message_id" else "<redacted>") for k, v in kwargs.items()})
 
     @property
     def worker_name(self) -> str:

@@ -21,7 +21,6 @@ _LIMIT = get_settings().intake_time_limit
 
 
 @app.task(name=SEND_TASK, base=MailrelayTask, bind=True, ignore_result=False,
-          Request="mailrelay.tasks.base:RedactedRequest",
           soft_time_limit=_LIMIT, time_limit=_LIMIT + 15)
 def send(self: MailrelayTask, message: Any = _MISSING, **unexpected: Any) -> dict[str, Any]:
     # Any call shape is accepted, so that a malformed request is stored as `rejected`

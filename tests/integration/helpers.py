@@ -1,7 +1,15 @@
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import text
@@ -17,6 +25,20 @@ def query(sql: str, **params: Any) -> list[Any]:
 def scalar(sql: str, **params: Any) -> Any:
     with get_engine().connect() as conn:
         return conn.execute(text(sql), params).scalar()
+
+
+PRODUCER = Path(__file__).with_name("producer.py")
+
+
+def produce_externally(message: dict[str, Any]) -> str:
+    """Publish like a service that does not install mailrelay: plain `send_task`, whose
+    headers carry repr(kwargs), the whole message; the worker must redact it."""
+    out = subprocess.run([sys.executable, str(PRODUCER), os.environ["MAILRELAY_BROKER_URL"]],
+                         input=json.dumps([message]), capture_output=True, text=True, timeout=60,
+                         check=True,
+                         env={k: v for k, v in os.environ.items() if not k.startswith("MAILRELAY_")})
+    (task_id,) = json.loads(out.stdout)
+    return str(task_id)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -36,3 +58,66 @@ def final(message_id: str, timeout: float = 90) -> dict[str, Any]:
     info = outbox.status(message_id)
     assert info is not None
     return info
+
+
+class Outage:
+    """A TCP proxy in front of PostgreSQL that can be cut: the database "unreachable" for
+    the workers that connect through it, while this test process keeps its own access.
+    ``up(answer=False)`` makes it a database that hangs: connections are accepted and
+    never answered, so a client waits for its connect timeout."""
+
+    def __init__(self, target_port: int) -> None:
+        from mailrelay.devstack import free_port
+
+        self.port = free_port()
+        self.target = ("127.0.0.1", target_port)
+        self._open: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        self._answer = True
+        self._lock = threading.Lock()
+
+    def up(self, *, answer: bool = True) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener, self._answer = listener, answer
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        """Refuse new connections and cut the open ones."""
+        with self._lock:
+            if self._listener is not None:
+                # shutdown wakes the thread blocked in accept(); close alone would not.
+                with contextlib.suppress(OSError):
+                    self._listener.shutdown(socket.SHUT_RDWR)
+                self._listener.close()
+                self._listener = None
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by down()
+            with self._lock:
+                if self._listener is not listener:  # cut while this one was arriving
+                    client.close()
+                    return
+                if not self._answer:
+                    self._open.append(client)
+                    continue
+                server = socket.create_connection(self.target)
+                self._open += [client, server]
+            for src, dst in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)

@@ -4,11 +4,6 @@ names, states and counts of mailrelay's tasks, but no message content anywhere."
 from __future__ import annotations
 
 import ast
-import contextlib
-import json
-import os
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -22,65 +17,14 @@ import requests
 from mailrelay.celery_app import CONTROL_QUEUE, SEND_TASK, app
 from mailrelay.client import send_async, submit
 from mailrelay.devstack import free_port
-from tests.integration.helpers import scalar, wait_for
-from tests.processes import Worker, terminate_group
+from tests.integration.helpers import produce_externally, scalar, wait_for
+from tests.processes import Flower, Worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-PRODUCER = Path(__file__).with_name("producer.py")
-
-
-class Flower:
-    """`mailrelay flower` as a child process in its own process group."""
-
-    def __init__(self, port: int, workdir: Path, env: dict[str, str]) -> None:
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = workdir / "flower.log"
-        self._log = self.log_path.open("wb")
-        # cwd: a directory of the test's own, so that no stray flowerconfig.py is read
-        # and nothing is written into the repository.
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mailrelay.cli", "flower", "--port", str(port),
-             "--address", "127.0.0.1"], cwd=workdir, env={**os.environ, **env},
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def wait_listening(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"flower exited early:\n{self.log()}")
-            with contextlib.suppress(requests.ConnectionError):
-                requests.get(f"{self.url}/healthcheck", timeout=2)
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"flower not listening in {timeout}s:\n{self.log()}")
-
-    def get(self, path: str, auth: tuple[str, str] | None = None, **params: Any) -> requests.Response:
-        return requests.get(f"{self.url}{path}", auth=auth, params=params, timeout=10)
-
-    def stop(self, timeout: float = 15) -> int:
-        terminate_group(self.process, timeout)
-        self._log.close()
-        return int(self.process.returncode)
-
 
 def _message(sender: str, recipient: str, marker: str, body: str) -> dict[str, Any]:
     return {"from": sender, "to": [f"Ada Lovelace <{recipient}>"], "subject": f"Report {marker}",
             "text": body, "html": f"<p>{body}</p>"}
-
-
-def _produce_externally(message: dict[str, Any]) -> str:
-    """Publish like a service that does not install mailrelay: plain `send_task`, whose
-    headers carry repr(kwargs), the whole message; the worker must redact it."""
-    out = subprocess.run([sys.executable, str(PRODUCER), os.environ["MAILRELAY_BROKER_URL"]],
-                         input=json.dumps([message]), capture_output=True, text=True, timeout=30,
-                         check=True,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("MAILRELAY_")})
-    (task_id,) = json.loads(out.stdout)
-    return str(task_id)
 
 
 def test_flower_needs_the_login_and_shows_tasks_without_content(
@@ -110,7 +54,7 @@ def test_flower_needs_the_login_and_shows_tasks_without_content(
         message = _message(sink_account, recipient, marker, body)
         submitted = submit(message).message_id
         async_id = send_async(message).id
-        external_id = _produce_externally(message)
+        external_id = produce_externally(message)
         send_ids = {async_id, external_id}
         # And a task no worker takes (none consumes mailrelay.control here; it expires),
         # published with mailrelay's own app and no kwargsrepr: its task-sent event holds

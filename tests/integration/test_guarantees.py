@@ -5,13 +5,11 @@ emulator. The reconciler runs as beat would run it: `reconcile(enqueue_delivery)
 from __future__ import annotations
 
 import collections
-import contextlib
 import datetime as dt
 import itertools
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import EmulatorHandle
-from tests.integration.helpers import query, scalar, wait_for
+from tests.integration.helpers import Outage, query, scalar, wait_for
 from tests.processes import ROOT, Worker, terminate_group
 
 SENDER = "sender@example.com"
@@ -265,63 +263,6 @@ def test_producers_retrying_with_the_same_keys(clean_db: None, clean_redis: None
     repeat = submit(message(7, idempotency_key="order-7"))
     assert repeat.state == "sent" and repeat.message_id == scalar(
         "SELECT id FROM messages WHERE idempotency_key = 'order-7'")
-
-
-class Outage:
-    """A TCP proxy in front of PostgreSQL that can be cut: the database "unreachable" for
-    the workers that connect through it, while this test process keeps its own access."""
-
-    def __init__(self, target_port: int) -> None:
-        from mailrelay.devstack import free_port
-
-        self.port = free_port()
-        self.target = ("127.0.0.1", target_port)
-        self._open: list[socket.socket] = []
-        self._listener: socket.socket | None = None
-        self._lock = threading.Lock()
-
-    def up(self) -> None:
-        listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        self._listener = listener
-        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
-
-    def down(self) -> None:
-        """Refuse new connections and cut the open ones."""
-        with self._lock:
-            if self._listener is not None:
-                # shutdown wakes the thread blocked in accept(); close alone would not.
-                with contextlib.suppress(OSError):
-                    self._listener.shutdown(socket.SHUT_RDWR)
-                self._listener.close()
-                self._listener = None
-            for sock in self._open:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            self._open.clear()
-
-    def _accept(self, listener: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = listener.accept()
-            except OSError:
-                return  # closed by down()
-            with self._lock:
-                if self._listener is not listener:  # cut while this one was arriving
-                    client.close()
-                    return
-                server = socket.create_connection(self.target)
-                self._open += [client, server]
-            for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        with contextlib.suppress(OSError):
-            dst.shutdown(socket.SHUT_WR)
 
 
 def test_the_database_unreachable_for_a_minute(emulator: EmulatorHandle, gmail_account: str,

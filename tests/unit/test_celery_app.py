@@ -3,7 +3,15 @@ from __future__ import annotations
 import beat_schedule
 import workers
 from mailrelay import providers
-from mailrelay.celery_app import CONTROL_QUEUE, DELIVER_TASK, INTAKE_QUEUE, SEND_TASK, app, queue_names
+from mailrelay.celery_app import (
+    CONTROL_QUEUE,
+    DELIVER_TASK,
+    INTAKE_QUEUE,
+    REDACTED_KWARGS,
+    SEND_TASK,
+    app,
+    queue_names,
+)
 
 
 def test_queues_come_from_the_registry() -> None:
@@ -29,11 +37,26 @@ def test_contract_tasks_are_registered_and_routed() -> None:
 
 
 def test_send_task_hides_message_content_from_events() -> None:
-    from mailrelay.tasks.base import RedactedRequest
-
+    app.loader.import_default_modules()
     request_cls = app.tasks[SEND_TASK].Request
     assert request_cls == "mailrelay.tasks.base:RedactedRequest"
-    assert "redacted" in RedactedRequest.kwargsrepr.fget(None)  # type: ignore[attr-defined]
+    # Every mailrelay task: a producer can put anything in any task's arguments.
+    assert {task.Request for name, task in app.tasks.items() if name.startswith("mailrelay.")} == {
+        request_cls}
+
+
+def test_a_send_published_through_the_app_carries_no_message_in_headers_or_sent_event() -> None:
+    secret = {"from": "a@example.com", "to": ["hidden.rcpt@example.org"], "subject": "hidden"}
+    for options in ({}, {"kwargsrepr": repr(secret), "argsrepr": repr([secret])}):
+        built = app.amqp.create_task_message("id-1", SEND_TASK, (), {"message": secret},
+                                             create_sent_event=True, **options)
+        shown = [built.headers["argsrepr"], built.headers["kwargsrepr"],
+                 built.sent_event["args"], built.sent_event["kwargs"]]
+        assert shown == ["()", REDACTED_KWARGS, "()", REDACTED_KWARGS]
+        assert built.body[1] == {"message": secret}  # the task still reads it
+    # Other tasks keep Celery's reprs (mailrelay.deliver's are its message id).
+    other = app.amqp.create_task_message("id-2", DELIVER_TASK, (), {"message_id": "m-1"})
+    assert other.headers["kwargsrepr"] == "{'message_id': 'm-1'}"
 
 
 def test_every_beat_entry_names_a_registered_task_on_control() -> None:
