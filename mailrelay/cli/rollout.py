@@ -18,8 +18,6 @@ from mailrelay import providers
 from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.config import get_settings, operator_name
-from mailrelay.rollout import controller, gate, manage
-from mailrelay.rollout.manage import Changes
 from mailrelay.rollout.policy import (
     MODES,
     SettingError,
@@ -39,9 +37,20 @@ reason_option = click.option("--reason", metavar="TEXT", required=True,
                              help="Why; recorded in the rollout's history with your name.")
 
 
+def _rollout() -> Any:
+    """The rollout package, imported when a command runs, not when the CLI loads: it
+    imports prometheus_client (its metrics), and `mailrelay worker` must choose the
+    metrics' multiprocess storage before anything imports it (metrics_server.prepare)."""
+    from mailrelay import rollout
+    from mailrelay.rollout import controller, gate, manage  # noqa: F401  # loads the modules
+
+    return rollout
+
+
 @contextmanager
 def _operator_errors() -> Iterator[None]:
     """The rollout layer's refusals as exit codes."""
+    manage = _rollout().manage
     try:
         yield
     except SettingError as err:
@@ -147,11 +156,11 @@ def set_command(provider: str, percent: int | None, mode: str | None,
              "consecutive_error_limit": consecutive_error_limit, "error_codes": error_codes}
     if salt is not None and not salt.strip():
         raise Exit("--salt must not be empty", USAGE)
-    changes = Changes(percent_bp=percent, mode=mode, internal_domains=internal_domains,
+    changes = _rollout().manage.Changes(percent_bp=percent, mode=mode, internal_domains=internal_domains,
                       fallback=fallback, salt=salt.strip() if salt else None,
                       policy={k: v for k, v in given.items() if v is not None})
     with _operator_errors():
-        row, created = manage.set_rollout(provider, changes, actor=_operator(),
+        row, created = _rollout().manage.set_rollout(provider, changes, actor=_operator(),
                                           reason=_reason(reason))
     _show_rows([row], as_json, title="created" if created else "changed")
 
@@ -230,7 +239,7 @@ def evaluate(provider: str | None, dry_run: bool, as_json: bool) -> None:
 
     if provider and rollouts.get(provider) is None:
         raise Exit(f"no rollout for {provider}", NOT_FOUND)
-    results = [r.as_dict() for r in controller.evaluate(provider, dry_run=dry_run,
+    results = [r.as_dict() for r in _rollout().controller.evaluate(provider, dry_run=dry_run,
                                                          enqueue=enqueue_delivery)]
     if as_json:
         emit_json(results)
@@ -252,7 +261,7 @@ def evaluate(provider: str | None, dry_run: bool, as_json: bool) -> None:
 def pause(provider: str, reason: str, as_json: bool) -> None:
     """Stop the controller changing PROVIDER's rollout; the gate keeps its percentage."""
     with _operator_errors():
-        row = manage.pause(provider, actor=_operator(), reason=_reason(reason))
+        row = _rollout().manage.pause(provider, actor=_operator(), reason=_reason(reason))
     _done(provider, row.state, row.percent_bp, as_json,
           f"{provider}: paused at {bp_to_percent(row.percent_bp):g}%")
 
@@ -274,7 +283,8 @@ def _done(provider: str, state: str, percent_bp: int, as_json: bool, words: str)
 def resume(provider: str, percent: int | None, reason: str, as_json: bool) -> None:
     """Hand a paused or aborted rollout back to the controller."""
     with _operator_errors():
-        row = manage.resume(provider, actor=_operator(), reason=_reason(reason), percent_bp=percent)
+        row = _rollout().manage.resume(provider, actor=_operator(), reason=_reason(reason),
+                                       percent_bp=percent)
     _done(provider, row.state, row.percent_bp, as_json,
           f"{provider}: running at {bp_to_percent(row.percent_bp):g}%")
 
@@ -289,7 +299,7 @@ def rollback(provider: str, reason: str, as_json: bool) -> None:
     from mailrelay.tasks.routing import enqueue_delivery
 
     with _operator_errors():
-        row, moved = manage.rollback(provider, actor=_operator(), reason=_reason(reason),
+        row, moved = _rollout().manage.rollback(provider, actor=_operator(), reason=_reason(reason),
                                      enqueue=enqueue_delivery)
     result = {"provider": provider, "state": row.state, "percent": bp_to_percent(row.percent_bp),
               "fallback": row.fallback, "rerouted": moved.moved, "unfit": moved.unfit,
@@ -340,7 +350,7 @@ def remove(provider: str, reason: str, yes: bool, as_json: bool) -> None:
                        USAGE)
         click.confirm(f"Remove the {provider} rollout and admit every sender?", abort=True, err=True)
     with _operator_errors():
-        row = manage.remove(provider, actor=_operator(), reason=reason)
+        row = _rollout().manage.remove(provider, actor=_operator(), reason=reason)
     _done(provider, "removed", row.percent_bp, as_json,
           f"{provider}: rollout removed (it was {row.state} at "
           f"{bp_to_percent(row.percent_bp):g}%); every sender is admitted")
@@ -364,7 +374,7 @@ def which(address: str, recipients: tuple[str, ...], as_json: bool) -> None:
     if account is None:
         raise Exit(f"no account {address.strip()}", NOT_FOUND)
     row = rollouts.get(account.provider)
-    chosen = gate.decide_route(row, account.address, account.provider, domains)
+    chosen = _rollout().gate.decide_route(row, account.address, account.provider, domains)
     info = chosen.info or {}
     result = {"address": account.address, "account_provider": account.provider,
               "rollout": row is not None, "decision": chosen.decision,
