@@ -51,3 +51,17 @@ def sink_account(clean_db: None) -> str:
 @pytest.fixture
 def secret_key() -> str:
     return os.environ["MAILRELAY_SECRET_KEY"]
+
+
+@pytest.fixture
+def verify_at_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """After an unknown outcome, ask the provider at once and recheck without a pause
+    (MAILRELAY_VERIFY_SETTLE_SECONDS and _RECHECK_SECONDS 0), for tests about what is asked
+    and sent rather than when."""
+    from mailrelay.config import get_settings
+
+    monkeypatch.setenv("MAILRELAY_VERIFY_SETTLE_SECONDS", "0")
+    monkeypatch.setenv("MAILRELAY_VERIFY_RECHECK_SECONDS", "0")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()

@@ -29,6 +29,10 @@ from mailrelay.store import oncall, outbox
 from mailrelay.store.db import get_engine
 from mailrelay.store.models import MESSAGES, SINK_DELIVERIES
 
+# No settle time and no pause between the two lookups: these tests are about what is asked
+# and sent, not when (tests/integration cover the waits).
+pytestmark = pytest.mark.usefixtures("verify_at_once")
+
 
 class Scripted(ProviderAdapter):
     """A provider edge that plays a script: what find_sent and send do, call by call."""
@@ -62,16 +66,6 @@ def scripted(clean_db: None, clean_redis: None, monkeypatch: pytest.MonkeyPatch)
     yield Scripted
     providers._instances.clear()
 
-
-@pytest.fixture(autouse=True)
-def _verify_at_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No settle time and no pause between the two lookups: these tests are about what is
-    asked and sent, not when (tests/integration cover the waits)."""
-    monkeypatch.setenv("MAILRELAY_VERIFY_SETTLE_SECONDS", "0")
-    monkeypatch.setenv("MAILRELAY_VERIFY_RECHECK_SECONDS", "0")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 def _message() -> str:

@@ -11,7 +11,6 @@ from sqlalchemy import update
 
 from mailrelay import providers, ratelimit
 from mailrelay.auth import accounts
-from mailrelay.config import get_settings
 from mailrelay.delivery import deliver
 from mailrelay.message import validate
 from mailrelay.providers.base import Capabilities, Outbound, ProviderAdapter, SendResult, TokenSource
@@ -23,7 +22,7 @@ from tests.unit.store.conftest import backend  # noqa: F401  # runs each test on
 
 SENDER = "s@example.com"
 
-pytestmark = pytest.mark.usefixtures("backend", "clean_redis")
+pytestmark = pytest.mark.usefixtures("backend", "clean_redis", "verify_at_once")
 
 
 class Recorded(ProviderAdapter):
@@ -55,16 +54,6 @@ def _use(monkeypatch: pytest.MonkeyPatch, adapter: type[Recorded]) -> None:
     providers._instances.clear()
     Recorded.lookups, Recorded.sent = [], []
 
-
-@pytest.fixture(autouse=True)
-def _verify_at_once(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No settle time and no pause between the two lookups: these tests are about what is
-    asked and sent, not when (tests/integration cover the waits)."""
-    monkeypatch.setenv("MAILRELAY_VERIFY_SETTLE_SECONDS", "0")
-    monkeypatch.setenv("MAILRELAY_VERIFY_RECHECK_SECONDS", "0")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
 
 
 @pytest.fixture(autouse=True)
