@@ -1,7 +1,8 @@
 """Celery beat's schedule, declarative: entry name → task, schedule, queue.
 
 Loaded by ``mailrelay.celery_app``. Every entry runs on ``mailrelay.control``; a test
-checks that each names a registered task. Metric export joins here when it lands.
+checks that each names a registered task. ``interval_setting`` names the MAILRELAY_*
+setting that overrides ``schedule`` (and ``expires`` with it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,16 @@ SCHEDULE: dict[str, dict[str, object]] = {
     "rollout-evaluate": {
         "task": "mailrelay.rollout_evaluate",
         "schedule": 60.0,
+        "interval_setting": "rollout_interval",
         "options": {"queue": "mailrelay.control", "expires": 55},
+    },
+    # What only the database and the broker know (backlog ages, dead leases, queue
+    # lengths, accounts by state), pushed to MAILRELAY_PUSHGATEWAY_URL.
+    "export-metrics": {
+        "task": "mailrelay.export_metrics",
+        "schedule": 30.0,
+        "interval_setting": "export_interval",
+        "options": {"queue": "mailrelay.control", "expires": 27},
     },
     # Lets finished messages' idempotency keys go after MAILRELAY_IDEMPOTENCY_RETENTION.
     "expire-idempotency-keys": {

@@ -16,7 +16,7 @@ Why these settings:
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
 from celery import Celery, signals
 from celery.app.amqp import AMQP
@@ -39,7 +39,21 @@ def queue_names() -> list[str]:
 def _beat_schedule() -> dict[str, dict[str, object]]:
     import beat_schedule
 
-    return dict(beat_schedule.SCHEDULE)
+    return {name: _with_interval(entry) for name, entry in beat_schedule.SCHEDULE.items()}
+
+
+def _with_interval(entry: dict[str, object]) -> dict[str, object]:
+    """An entry whose ``interval_setting`` names a setting runs at that setting's interval;
+    its ``expires`` follows (a run not started before the next is due is dropped)."""
+    entry = dict(entry)
+    setting = entry.pop("interval_setting", None)
+    if setting is not None:
+        interval = float(getattr(get_settings(), str(setting)))
+        entry["schedule"] = interval
+        options = dict(cast(dict[str, object], entry.get("options", {})))
+        options["expires"] = max(interval * 0.9, 1.0)
+        entry["options"] = options
+    return entry
 
 
 class RedactingAMQP(AMQP):  # type: ignore[misc]
@@ -106,6 +120,14 @@ def _leave_messages_out_of_logs(**_: Any) -> None:
 
 @signals.worker_init.connect
 def _serve_metrics(**_: Any) -> None:
+    if get_settings().metrics_port:
+        metrics_server.serve(get_settings().metrics_port)
+
+
+@signals.beat_init.connect
+def _serve_beat_metrics(**_: Any) -> None:
+    # Beat records nothing itself; its /metrics answering is its liveness for Prometheus
+    # ("beat down"): the export and the controller stop silently when beat does.
     if get_settings().metrics_port:
         metrics_server.serve(get_settings().metrics_port)
 

@@ -158,6 +158,10 @@ TABLE: tuple[Setting, ...] = (
             "seconds a Prometheus query may take before the rollout controller holds"),
     # A contract name read by work still to come (metric export); validated already.
     Setting("pushgateway_url", _optional_url(*_HTTP), "", "Pushgateway for beat's metric export"),
+    Setting("export_interval", _float(1, 3600), "30",
+            "seconds between beat's metric exports to the Pushgateway"),
+    Setting("rollout_interval", _float(1, 3600), "60",
+            "seconds between rollout controller runs (beat)"),
     Setting("secret_key", str, "", "Fernet key(s), comma-separated, newest first", secret=True),
     Setting("metrics_port", _int(0, 65535), "0", "workers serve /metrics here; 0 turns it off"),
     Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
@@ -246,6 +250,8 @@ class Settings:
     prometheus_url: str
     prometheus_timeout: float
     pushgateway_url: str
+    export_interval: float
+    rollout_interval: float
     secret_key: str = field(repr=False)
     metrics_port: int
     log_level: str

@@ -40,7 +40,13 @@ from mailrelay.errors import MailrelayError, ProviderError, TransientInfraError,
 from mailrelay.leases import Lease, LeaseLost
 from mailrelay.logctx import get_logger
 from mailrelay.message import validate
-from mailrelay.metrics import DELIVERIES, DELIVERY_SECONDS, LEASES_LOST, RATE_LIMITED
+from mailrelay.metrics import (
+    DELIVERIES,
+    DELIVERY_SECONDS,
+    LEASES_LOST,
+    RATE_LIMIT_WAIT,
+    RATE_LIMITED,
+)
 from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource, guarded
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
@@ -86,7 +92,7 @@ def deliver(message_id: str, *, worker: str) -> Report:
     else:
         outcome = known
     latency = time.perf_counter() - started
-    DELIVERY_SECONDS.labels(provider=claim.provider).observe(latency)
+    DELIVERY_SECONDS.labels(provider=claim.provider, result=outcome.state.value).observe(latency)
     DELIVERIES.labels(provider=claim.provider, result=outcome.state.value,
                       code=outcome.code or "").inc()
     held = outbox.finish(claim, outcome, latency_ms=round(latency * 1000))
@@ -125,6 +131,7 @@ def _held_back(claim: Claim, wait: float, *, settling: bool = False) -> Report:
                    f"asking in {wait:.1f}s")
     else:
         RATE_LIMITED.labels(provider=claim.provider).inc()
+        RATE_LIMIT_WAIT.labels(provider=claim.provider).observe(wait)
         released = outbox.release(claim, wait=wait,
                                   reason=f"mailbox rate limit: next turn in {wait:.1f}s")
     if not released:

@@ -13,21 +13,46 @@ INTAKE = Counter("mailrelay_intake_total", "Send requests taken in, by result an
 DELIVERIES = Counter("mailrelay_deliveries_total",
                      "Delivery attempts that ended, by provider, result and code",
                      ["provider", "result", "code"])
+# Split by result: a failing provider often answers fast, and mixing its errors into the
+# successful sends' quantiles would hide a slow one.
 DELIVERY_SECONDS = Histogram(
-    "mailrelay_delivery_seconds", "Time of one provider send, verification included",
-    ["provider"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+    "mailrelay_delivery_seconds", "Time of one provider send, verification included, by result",
+    ["provider", "result"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60))
 TASK_SECONDS = Histogram("mailrelay_task_seconds", "Time of one task run", ["queue"],
                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
 TASK_RETRIES = Counter("mailrelay_task_retries_total",
                        "Tasks retried because a dependency of mailrelay failed", ["queue", "code"])
 RECONCILED = Counter("mailrelay_reconciled_total",
-                     "Messages the reconciler re-enqueued because no task would pick them up")
+                     "Messages the reconciler re-enqueued because no task would pick them up, "
+                     "by what it found (lost_task, parked_retry, dead_lease)", ["kind"])
+RECONCILE_RUNS = Counter("mailrelay_reconcile_runs_total",
+                         "Reconciler runs, by result (ok, error)", ["result"])
 LEASES_LOST = Counter("mailrelay_leases_lost_total",
                       "Attempts that ended after another worker took the message over",
                       ["provider"])
 RATE_LIMITED = Counter("mailrelay_rate_limited_total",
                        "Sends the mailbox's rate limit held back (not attempts), by provider",
                        ["provider"])
+RATE_LIMIT_WAIT = Histogram(
+    "mailrelay_rate_limit_wait_seconds",
+    "How long the mailbox's rate limit held a send back, by provider", ["provider"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900))
+
+# Tokens. ``kind`` says why a refresh ran: the cached token was missing or about to
+# expire (expiring), or the provider refused it (rejected).
+TOKEN_REFRESHES = Counter("mailrelay_token_refreshes_total",
+                          "Access-token refreshes made, by provider and why", ["provider", "kind"])
+TOKEN_REFRESH_FAILURES = Counter("mailrelay_token_refresh_failures_total",
+                                 "Access-token refreshes that failed, by provider and error code",
+                                 ["provider", "code"])
+TOKEN_LOCK_WAIT = Histogram(
+    "mailrelay_token_lock_wait_seconds",
+    "Time a send waited for another process's token refresh, by provider", ["provider"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+ACCOUNT_STATE_CHANGES = Counter("mailrelay_account_state_changes_total",
+                                "Accounts moved to a state, by provider and the new state",
+                                ["provider", "state"])
+
 HTML_REMOVED = Counter("mailrelay_html_removed_total",
                        "What sanitizing took out of producer HTML at intake, by kind",
                        ["kind"])

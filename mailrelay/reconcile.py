@@ -18,9 +18,12 @@ import time
 from collections.abc import Callable
 
 from mailrelay.config import get_settings
+from mailrelay.metrics import RECONCILED
 from mailrelay.store import stranded
 
 BATCH = 500
+# What a stranded message's state says happened to it, for the metric's ``kind``.
+FOUND_KIND = {"queued": "lost_task", "retrying": "parked_retry", "sending": "dead_lease"}
 # One run keeps going while batches come back full, for at most this long: a backlog of
 # parked retries never falls behind, and a run never overlaps the next (every 15 s).
 RUN_SECONDS = 10.0
@@ -47,6 +50,7 @@ def reconcile(enqueue: Callable[[str, str], None], *, now: dt.datetime | None = 
         marked = stranded.mark(fresh, now=clock, after=after, lease=lease)
         for item in marked:
             enqueue(item.message_id, item.provider)
+            RECONCILED.labels(kind=FOUND_KIND.get(item.state, item.state)).inc()
         done.update(item.message_id for item in fresh)
         total += len(marked)
         if len(found) < limit or not fresh or time.monotonic() > ends:

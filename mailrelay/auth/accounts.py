@@ -82,8 +82,17 @@ def reconnect(address: str, *, client_id: str, tenant: str | None, client_secret
                   refresh_token_enc=crypto.encrypt(refresh_token), consecutive_failures=0)
 
 
+def _state_changed(provider: str, state: str) -> None:
+    # Imported on use: the command line imports this module before `mailrelay worker`
+    # chooses prometheus_client's storage.
+    from mailrelay.metrics import ACCOUNT_STATE_CHANGES
+
+    ACCOUNT_STATE_CHANGES.labels(provider=provider, state=state).inc()
+
+
 def _renew(address: str, **values: Any) -> int:
     account_id = rows.renew(address, **values)
+    _state_changed(rows.row_of(normalize_address(address)).provider, "active")
     _forget_tokens(account_id)  # lifts the revocation tombstone, drops the old access token
     return account_id
 
@@ -98,8 +107,12 @@ def remove(address: str, *, force: bool = False) -> str:
     its secrets (the history stays). Returns what was done."""
     # The cached token goes first: if Redis is away, nothing is removed and the command
     # can simply be run again (the other order would leave a row gone and a token kept).
-    _forget_tokens(rows.row_of(normalize_address(address)).id)
+    row = rows.row_of(normalize_address(address))
+    provider = row.provider
+    _forget_tokens(row.id)
     done, _account_id = rows.remove(address, force=force)
+    if done == "disabled":
+        _state_changed(provider, "disabled")
     return done
 
 

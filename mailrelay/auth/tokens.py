@@ -122,30 +122,45 @@ class TokenManager:
             return None  # written under a key no longer configured: refresh
 
     def _refresh(self, account: Credentials, refresher: Refresher, stale: str | None) -> str:
+        # Imported here, where a refresh begins: the command line imports this module,
+        # and must not load prometheus_client before `mailrelay worker` sets it up.
+        from mailrelay.metrics import TOKEN_LOCK_WAIT
+
         token_key, _, lock_key = _keys(account.id)
-        deadline = time.monotonic() + self.wait_timeout
+        started = time.monotonic()
+        deadline = started + self.wait_timeout
+        waited = False
         while True:
             lock = self.redis.lock(lock_key, timeout=self.lock_timeout)
             if lock.acquire(blocking=False):
+                if waited:
+                    TOKEN_LOCK_WAIT.labels(provider=account.provider).observe(
+                        time.monotonic() - started)
                 try:
                     cached = self._read(account.id)  # someone may have finished just before
                     if cached is not None and cached != stale:
                         return cached
-                    return self._refresh_locked(account, refresher, lock, token_key)
+                    return self._refresh_locked(account, refresher, lock, token_key,
+                                                kind="rejected" if stale else "expiring")
                 finally:
                     # LockError: it expired while refreshing; the token is still good.
                     with contextlib.suppress(LockError):
                         lock.release()
+            waited = True
             time.sleep(random.uniform(0.05, 0.15))  # noqa: S311  # jitter, not a secret
             cached = self._read(account.id)
             if cached is not None and cached != stale:
+                TOKEN_LOCK_WAIT.labels(provider=account.provider).observe(
+                    time.monotonic() - started)
                 return cached
             if time.monotonic() > deadline:
+                TOKEN_LOCK_WAIT.labels(provider=account.provider).observe(
+                    time.monotonic() - started)
                 raise ProviderError("network_error", "another worker's token refresh did not finish "
                                     "in time")
 
     def _refresh_locked(self, account: Credentials, refresher: Refresher, lock: Any,
-                        token_key: str) -> str:
+                        token_key: str, *, kind: str) -> str:
         # The row, not the cache: another process may have stored a rotated refresh token.
         try:
             fresh = credentials.load(account.address)
@@ -157,11 +172,17 @@ class TokenManager:
         # Every write below is conditional on the grant this refresh used still being the
         # account's: a reconnect may store a new grant while the token endpoint answers.
         same_grant = credentials.holds_grant(fresh.refresh_token)
+        from mailrelay.metrics import ACCOUNT_STATE_CHANGES, TOKEN_REFRESH_FAILURES, TOKEN_REFRESHES
+
+        TOKEN_REFRESHES.labels(provider=account.provider, kind=kind).inc()
         try:
             grant = refresher(fresh)
         except ProviderError as err:
+            TOKEN_REFRESH_FAILURES.labels(provider=account.provider, code=err.code).inc()
             if err.code == "auth_revoked":
                 if accounts.set_values_if(account.id, same_grant, state="reauth_required"):
+                    ACCOUNT_STATE_CHANGES.labels(provider=account.provider,
+                                                 state="reauth_required").inc()
                     self.revoke(account.id)
                     log.warning("grant revoked; account marked reauth_required")
                 else:

@@ -33,8 +33,9 @@ def beat_argv(schedule_file: Path, loglevel: str) -> list[str]:
 def command(schedule_file: Path, loglevel: str | None) -> None:
     """Run Celery beat: send the periodic jobs of beat_schedule.py to mailrelay.control.
 
-    Run exactly one per broker. It checks the broker before starting: exit 69 if it is
-    away, 73 if the schedule file's directory cannot be created.
+    Run exactly one per broker. With MAILRELAY_METRICS_PORT set it serves /metrics there,
+    which Prometheus scrapes to tell that beat is alive. It checks the broker before
+    starting: exit 69 if it is away, 73 if the schedule file's directory cannot be created.
     """
     path = schedule_file.expanduser().resolve()
     try:
@@ -42,6 +43,11 @@ def command(schedule_file: Path, loglevel: str | None) -> None:
     except OSError as err:
         raise Exit(f"cannot create the directory of --schedule-file {path}: {err.strerror}",
                    CANT_CREATE) from None
+    from mailrelay.config import get_settings
+
+    port = get_settings().metrics_port
+    if port:
+        preflight.check_port(port, "0.0.0.0", "MAILRELAY_METRICS_PORT")  # noqa: S104
     from mailrelay import metrics_server
     from mailrelay.celery_app import app
 

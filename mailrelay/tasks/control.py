@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mailrelay.celery_app import app
 from mailrelay.logctx import get_logger
-from mailrelay.metrics import RECONCILED
+from mailrelay.metrics import RECONCILE_RUNS
 from mailrelay.reconcile import reconcile as reconcile_once
 from mailrelay.tasks.base import MailrelayTask
 from mailrelay.tasks.routing import enqueue_delivery
@@ -12,14 +12,19 @@ from mailrelay.tasks.routing import enqueue_delivery
 RECONCILE_TASK = "mailrelay.reconcile"
 EXPIRE_KEYS_TASK = "mailrelay.expire_idempotency_keys"
 ROLLOUT_TASK = "mailrelay.rollout_evaluate"
+EXPORT_TASK = "mailrelay.export_metrics"
 log = get_logger(__name__)
 
 
 @app.task(name=RECONCILE_TASK, base=MailrelayTask, bind=True)
 def reconcile(self: MailrelayTask) -> int:
-    count = reconcile_once(enqueue_delivery)
+    try:
+        count = reconcile_once(enqueue_delivery)
+    except Exception:
+        RECONCILE_RUNS.labels(result="error").inc()
+        raise
+    RECONCILE_RUNS.labels(result="ok").inc()
     if count:
-        RECONCILED.inc(count)
         log.warning("re-enqueued %d stranded messages", count)
     return count
 
@@ -44,3 +49,15 @@ def rollout_evaluate(self: MailrelayTask) -> dict[str, str]:
 
     return {result.provider: result.decision
             for result in controller.evaluate(enqueue=enqueue_delivery)}
+
+
+@app.task(name=EXPORT_TASK, base=MailrelayTask, bind=True)
+def export_metrics(self: MailrelayTask) -> bool:
+    """Push what only the database and the broker know (see mailrelay/export.py)."""
+    from mailrelay import export
+    from mailrelay.config import get_settings
+    from mailrelay.tasks import queue_stats
+
+    settings = get_settings()
+    return export.export(queue_stats.read, export.Intervals(export=settings.export_interval,
+                                                             rollout=settings.rollout_interval))

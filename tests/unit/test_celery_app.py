@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 import beat_schedule
 import workers
 from mailrelay import providers
@@ -64,7 +66,28 @@ def test_every_beat_entry_names_a_registered_task_on_control() -> None:
     for name, entry in beat_schedule.SCHEDULE.items():
         assert entry["task"] in app.tasks, name
         assert entry.get("options", {}).get("queue") == CONTROL_QUEUE, name  # type: ignore[union-attr]
-    assert app.conf.beat_schedule == beat_schedule.SCHEDULE
+    assert set(app.conf.beat_schedule) == set(beat_schedule.SCHEDULE)
+    for name, entry in app.conf.beat_schedule.items():
+        assert "interval_setting" not in entry, name  # Celery would refuse the key
+        declared = beat_schedule.SCHEDULE[name]
+        if "interval_setting" not in declared:
+            assert entry == declared, name
+
+
+def test_an_interval_setting_moves_the_entry_and_its_expiry(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailrelay.celery_app import _beat_schedule
+    from mailrelay.config import get_settings
+
+    monkeypatch.setenv("MAILRELAY_EXPORT_INTERVAL", "2")
+    get_settings.cache_clear()
+    try:
+        entry = _beat_schedule()["export-metrics"]
+    finally:
+        monkeypatch.delenv("MAILRELAY_EXPORT_INTERVAL")
+        get_settings.cache_clear()
+    assert entry["schedule"] == 2.0
+    assert entry["options"] == {"queue": CONTROL_QUEUE, "expires": 1.8}  # type: ignore[comparison-overlap]
+    assert _beat_schedule()["export-metrics"]["schedule"] == 30.0
 
 
 def test_worker_profiles_cover_every_queue() -> None:
