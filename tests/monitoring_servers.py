@@ -1,4 +1,4 @@
-"""Real Pushgateway and Alertmanager for tests, and the webhook receiver Alertmanager calls.
+"""Real Pushgateway and Alertmanager for tests (``devmonitoring.AlertLog`` receives the webhooks).
 
 Debian's binaries (``prometheus-pushgateway``, ``prometheus-alertmanager``) on free
 ports with throw-away data, each in its own process group and stopped at the end;
@@ -8,13 +8,10 @@ ports with throw-away data, each in its own process group and stopped at the end
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -111,41 +108,6 @@ class Alertmanager(_Server):
         response = requests.get(f"{self.url}/api/v2/alerts", timeout=5)
         response.raise_for_status()
         return list(response.json())
-
-
-class WebhookReceiver:
-    """An HTTP server recording what Alertmanager posts, by path (/page, /ticket, /info)."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        lock = threading.Lock()
-        received = self.received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # the http.server API
-                length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"{}")
-                with lock:
-                    received.append((self.path, body))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *_: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def firing(self, path: str) -> set[tuple[str, str]]:
-        """(alertname, severity) of every firing alert posted to ``path``."""
-        return {(alert["labels"].get("alertname", ""), alert["labels"].get("severity", ""))
-                for posted, body in list(self.received) if posted == path
-                for alert in body.get("alerts", []) if alert.get("status") == "firing"}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from mailrelay.cli import (
     flower,
     oncall,
     rollout,
+    scenarios,
     send,
     status,
     worker,
@@ -37,7 +38,7 @@ def cli() -> None:
 
 
 for module in (send, status, accounts, auth, rollout, db, worker, demo, bench, beat, flower,
-               emulator):
+               emulator, scenarios):
     cli.add_command(module.command)
 cli.add_command(oncall.failed)
 cli.add_command(oncall.rejected)

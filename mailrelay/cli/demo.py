@@ -12,7 +12,6 @@ import base64
 import os
 import secrets
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import click
 
+from mailrelay.cli import demo_system
 from mailrelay.cli.exits import FAILED, UNAVAILABLE, Exit
 from mailrelay.cli.output import table
 
@@ -132,7 +132,11 @@ def _base_env(stack: Any, workdir: Path) -> dict[str, str]:
 @click.option("--once", is_flag=True, help="Send the samples, check them, stop everything, exit.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo"),
               show_default=True, help="Where the SQLite file, secrets and logs go.")
-def command(once: bool, workdir: Path) -> None:
+@click.option("--monitoring", is_flag=True,
+              help="Also run Prometheus, Alertmanager and Pushgateway with monitoring/'s rules "
+                   "and routes (Debian's packages), one worker per profile, and print alerts "
+                   "as Alertmanager delivers them.")
+def command(once: bool, workdir: Path, monitoring: bool) -> None:
     """Run mailrelay locally with the emulator, workers, beat and Flower; send samples."""
     from mailrelay.devstack import Stack, StackError, emulator_env
 
@@ -142,7 +146,7 @@ def command(once: bool, workdir: Path) -> None:
         os.environ.update(_base_env(stack, workdir))
         url, bundle = stack.start_emulator()
         os.environ.update(emulator_env(url, bundle))
-        ok = _run(stack, workdir, url, bundle, once)
+        ok = _run(stack, workdir, url, bundle, once, monitoring)
     except StackError as err:
         raise Exit(str(err), UNAVAILABLE) from None
     finally:
@@ -171,7 +175,7 @@ def _accounts(emulator: Any, smtp_port: int) -> None:
     forget()
 
 
-def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool) -> bool:
+def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool, monitoring: bool) -> bool:
     from mailrelay.config import get_settings
     from mailrelay.emulator.client import EmulatorClient
     from mailrelay.store import migrate
@@ -182,24 +186,34 @@ def _run(stack: Any, workdir: Path, url: str, bundle: str, once: bool) -> bool:
     emulator = EmulatorClient(url, verify=bundle)
     smtp = _smtp_server()
     try:
-        return _serve(stack, workdir, url, bundle, once, emulator, smtp)
+        return _serve(stack, workdir, url, bundle, once, emulator, smtp, monitoring)
     finally:
         smtp.controller.stop()
 
 
 def _serve(stack: Any, workdir: Path, url: str, bundle: str, once: bool, emulator: Any,
-           smtp: _SmtpServer) -> bool:
+           smtp: _SmtpServer, monitoring: bool) -> bool:
     from mailrelay.config import get_settings
 
     settings = get_settings()
     _accounts(emulator, smtp.port)
-    stack.start_worker("all")
-    stack.start("beat", [sys.executable, "-m", "mailrelay.cli", "beat", "--schedule-file",
-                         str((workdir / "celerybeat-schedule").resolve())])
-    stack.start("flower", [sys.executable, "-m", "mailrelay.cli", "flower"])
-    stack.wait_log("worker-all", " ready.")
+    system = demo_system.start(stack, workdir, monitoring=monitoring, echo=click.echo)
+    demo_system.write_stack_file(workdir / "stack.json", system, emulator_url=url, bundle=bundle,
+                                 senders={"gmail": GMAIL_SENDER, "microsoft": MS_SENDER,
+                                          "smtp": SMTP_SENDER, "sink": SINK_SENDER})
     click.echo(f"database: {settings.database_url}\nbroker:   {settings.broker_url}\n"
                f"workers, beat and Flower started; logs in {workdir}/")
+    if system.monitoring is not None:
+        from mailrelay.devmonitoring import targets_up
+
+        expected = len(system.scraped)
+        up = targets_up(system.monitoring.prometheus, expected=expected)
+        click.echo(f"prometheus:   {system.monitoring.prometheus}  ({up}/{expected} targets up; "
+                   f"alerts: /alerts)\n"
+                   f"alertmanager: {system.monitoring.alertmanager}\n"
+                   f"pushgateway:  {system.monitoring.pushgateway}\n"
+                   f"scenarios:    mailrelay scenarios list; mailrelay scenarios run NAME "
+                   f"--stack {workdir / 'stack.json'}")
     rows = _send_samples(emulator)
     table(rows, ["sample", "id", "state", "attempts", "error_code", "expected", "ok"], title="demo")
     requests = emulator.stats()["requests"]

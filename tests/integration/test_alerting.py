@@ -1,0 +1,176 @@
+"""Alerts proven end to end: real Prometheus with monitoring/'s rules, real Alertmanager
+with its routes and inhibitions, real Pushgateway fed by beat's export, real workers,
+beat and the emulator; `mailrelay scenarios run` makes the traffic and the faults.
+
+Only what cannot be waited for in a test is shortened: every alert's ``for:`` (1 s), the
+scrape and evaluation interval (1 s), the export and controller intervals (2 s, and the
+alerts scale by them), Alertmanager's group waits, and one threshold: the oldest
+message's age (300 s in production) is 15 s here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from mailrelay.devmonitoring import AlertLog, MonitoringUrls, start_monitoring
+from mailrelay.devstack import Stack, free_port
+from tests.integration.conftest import EmulatorHandle
+from tests.integration.helpers import scalar
+
+pytestmark = pytest.mark.integration
+GROUP_WAIT = 3.0
+
+
+@dataclass
+class Monitored:
+    stack: Stack
+    urls: MonitoringUrls
+    alerts: AlertLog
+    stack_file: Path
+    sender: str
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        response = requests.get(f"{self.urls.prometheus}/api/v1/query", params={"query": expr},
+                                timeout=10)
+        response.raise_for_status()
+        return list(response.json()["data"]["result"])
+
+    def firing(self) -> set[tuple[str, str]]:
+        """(alertname, severity) of every alert firing in Prometheus now."""
+        return {(r["metric"]["alertname"], r["metric"].get("severity", ""))
+                for r in self.query('ALERTS{alertstate="firing"}')}
+
+    def wait(self, what: str, check: Callable[[], bool], timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}; firing: {sorted(self.firing())}; "
+                                     f"delivered: {self.alerts.received[-5:]}")
+            time.sleep(0.5)
+
+    def scenario(self, name: str, *, duration: float, rate: float) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mailrelay.cli", "scenarios", "run", name, "--duration",
+             str(duration), "--rate", str(rate), "--stack", str(self.stack_file), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finished(process: subprocess.Popen[str], timeout: float = 120) -> dict[str, Any]:
+    out, err = process.communicate(timeout=timeout)
+    assert process.returncode == 0, err
+    return dict(json.loads(out))
+
+
+@pytest.fixture
+def monitored(tmp_path: Path, emulator: EmulatorHandle, gmail_account: str) -> Iterator[Monitored]:
+    stack = Stack(tmp_path)
+    alerts = AlertLog()
+    ports = {name: free_port() for name in ("intake", "control", "gmail", "beat")}
+    try:
+        urls = start_monitoring(
+            stack, {"mailrelay-workers": [f"127.0.0.1:{ports[n]}" for n in ("intake", "control", "gmail")],
+                    "mailrelay-beat": [f"127.0.0.1:{ports['beat']}"]},
+            alerts.urls(), interval="1s", for_duration="1s",
+            thresholds={"MailrelayOldestMessageAge": ("300", "15")},
+            timing={"group_wait": f"{GROUP_WAIT:.0f}s", "group_interval": "2s",
+                    "repeat_interval": "1h"})
+        env = {"MAILRELAY_PUSHGATEWAY_URL": urls.pushgateway,
+               "MAILRELAY_PROMETHEUS_URL": urls.prometheus,
+               "MAILRELAY_EXPORT_INTERVAL": "2", "MAILRELAY_ROLLOUT_INTERVAL": "2",
+               "PROMETHEUS_MULTIPROC_DIR": ""}
+        workers = {name: stack.start_worker(name, env={**env, "MAILRELAY_METRICS_PORT": str(ports[name])},
+                                            concurrency=4 if name == "gmail" else 2)
+                   for name in ("intake", "control", "gmail")}
+        beat = stack.start("beat", [sys.executable, "-m", "mailrelay.cli", "beat", "--schedule-file",
+                                    str(tmp_path / "celerybeat-schedule")],
+                           {**env, "MAILRELAY_METRICS_PORT": str(ports["beat"])})
+        for name in workers:
+            stack.wait_log(f"worker-{name}", " ready.")
+        stack_file = tmp_path / "stack.json"
+        stack_file.write_text(json.dumps({
+            "env": {k: v for k, v in os.environ.items()
+                    if k in ("MAILRELAY_DATABASE_URL", "MAILRELAY_BROKER_URL",
+                             "MAILRELAY_RESULT_BACKEND", "MAILRELAY_REDIS_URL", "REQUESTS_CA_BUNDLE")},
+            "emulator": {"url": emulator.url, "bundle": emulator.bundle},
+            "senders": {"gmail": gmail_account},
+            "serves": {"mailrelay.gmail": [workers["gmail"].pid], "beat": [beat.pid]},
+            "intervals": {"rollout": 2, "export": 2}}))
+        system = Monitored(stack, urls, alerts, stack_file, gmail_account)
+        # Every target up and one export in, before any scenario.
+        system.wait("targets up", lambda: len(system.query('up == 1')) == 5, 60)
+        system.wait("first export", lambda: bool(
+            system.query("mailrelay_export_last_success_timestamp_seconds")), 60)
+        yield system
+    finally:
+        stack.stop()
+        alerts.close()
+        emulator.client.clear_faults()
+
+
+def _paged(m: Monitored, alertname: str, **labels: str) -> Callable[[], bool]:
+    return lambda: any(d.get("alertname") == alertname and d.get("severity") == "critical"
+                       and all(d.get(k) == v for k, v in labels.items())
+                       for d in m.alerts.delivered("page"))
+
+
+def test_scenarios_make_their_alerts_fire_and_alertmanager_routes_and_inhibits_them(
+        monitored: Monitored) -> None:
+    m = monitored
+
+    # Latency critical first, while the window holds no fast sends: every send takes 16 s.
+    run = m.scenario("latency-critical", duration=35, rate=1)
+    m.wait("latency critical paged", _paged(m, "MailrelayDeliveryLatency", provider="gmail"), 120)
+    _finished(run)
+
+    # Error rate critical: 20% refused. The critical pages, its warning is silenced.
+    run = m.scenario("error-rate-critical", duration=30, rate=4)
+    m.wait("error ratio critical paged", _paged(m, "MailrelayProviderErrorRatio", provider="gmail"))
+    m.wait("burn rate paged", _paged(m, "MailrelayErrorBudgetBurn", provider="gmail"))
+    assert ("MailrelayProviderErrorRatio", "warning") in m.firing()
+    time.sleep(GROUP_WAIT + 2)
+    assert ("MailrelayProviderErrorRatio", "warning") not in m.alerts.firing("ticket")
+    _finished(run)
+
+    # Controller stalled: beat stops while a rollout runs. Beat down pages; the stalled
+    # controller and the stale export fire too, and beat down silences both.
+    run = m.scenario("controller-stalled", duration=25, rate=1)
+    m.wait("beat down paged", _paged(m, "MailrelayBeatDown"))
+    m.wait("controller stalled and export stale firing", lambda: {
+        ("MailrelayRolloutControllerStalled", "warning"), ("MailrelayExportStale", "warning")}
+        <= m.firing())
+    time.sleep(GROUP_WAIT + 2)
+    ticket = {name for name, _ in m.alerts.firing("ticket")}
+    assert "MailrelayRolloutControllerStalled" not in ticket
+    assert "MailrelayExportStale" not in ticket
+    _finished(run)
+
+    # Backlog: the Gmail workers stop while producers go on. No worker on the queue
+    # pages; the oldest message's age fires and is silenced by it.
+    run = m.scenario("backlog", duration=30, rate=2)
+    m.wait("no worker on mailrelay.gmail paged",
+           _paged(m, "MailrelayQueueWithoutWorker", queue="mailrelay.gmail"))
+    m.wait("oldest message age firing", lambda: ("MailrelayOldestMessageAge", "warning") in m.firing())
+    # The exported age is the outbox's, behind it by at most an export and a scrape.
+    exported = m.query('mailrelay_outbox_oldest_queued_age_seconds{provider="gmail"}')
+    actual = scalar("SELECT EXTRACT(EPOCH FROM now() - min(created_at)) FROM messages "
+                    "WHERE state = 'queued' AND provider = 'gmail'")
+    assert exported and actual is not None
+    assert float(actual) - 2 - 1 - 1.5 <= float(exported[0]["value"][1]) <= float(actual) + 0.5
+    time.sleep(GROUP_WAIT + 2)
+    assert "MailrelayOldestMessageAge" not in {name for name, _ in m.alerts.firing("ticket")}
+    _finished(run)
+
+    # Nothing of the messages reached Alertmanager.
+    posted = json.dumps(m.alerts.received)
+    assert m.sender not in posted and "example.org" not in posted
