@@ -87,35 +87,30 @@ def rule_files(dest: Path, *, for_duration: str | None = None,
                thresholds: dict[str, tuple[str, str]] | None = None) -> list[Path]:
     """The repository's rule files copied to ``dest``. For a test that cannot wait for
     production's durations: ``for_duration`` replaces every alert's ``for:``, and
-    ``thresholds`` maps an alert name to (text, replacement) in its expression, which
-    must be there. Everything else stays as written."""
+    ``thresholds`` maps an alert name to (text, replacement) in its expressions; some
+    rule of that name must contain the text. Everything else stays as written."""
     dest.mkdir(parents=True, exist_ok=True)
+    thresholds = thresholds or {}
+    replaced: set[str] = set()
     copied = []
     for source in sorted((monitoring_dir() / "prometheus" / "rules").glob("*.yml")):
         target = dest / source.name
-        if for_duration is None and not thresholds:
-            shutil.copyfile(source, target)
-        else:
-            rules = yaml.safe_load(source.read_text())
-            for group in rules.get("groups", []):
-                for rule in group.get("rules", []):
-                    _adjust(rule, for_duration, thresholds or {})
-            target.write_text(yaml.safe_dump(rules, sort_keys=False))
+        rules = yaml.safe_load(source.read_text())
+        for group in rules.get("groups", []):
+            for rule in group.get("rules", []):
+                if "alert" not in rule:
+                    continue
+                if for_duration is not None and "for" in rule:
+                    rule["for"] = for_duration
+                old, new = thresholds.get(rule["alert"], ("", ""))
+                if old and old in rule["expr"]:
+                    rule["expr"] = rule["expr"].replace(old, new)
+                    replaced.add(rule["alert"])
+        target.write_text(yaml.safe_dump(rules, sort_keys=False))
         copied.append(target)
+    if missing := set(thresholds) - replaced:
+        raise StackError(f"no threshold to replace in {sorted(missing)}")
     return copied
-
-
-def _adjust(rule: dict[str, Any], for_duration: str | None,
-            thresholds: dict[str, tuple[str, str]]) -> None:
-    if "alert" not in rule:
-        return
-    if for_duration is not None and "for" in rule:
-        rule["for"] = for_duration
-    if rule["alert"] in thresholds:
-        old, new = thresholds[rule["alert"]]
-        if old not in rule["expr"]:
-            raise StackError(f"{rule['alert']}'s expression has no {old!r} to replace")
-        rule["expr"] = rule["expr"].replace(old, new)
 
 
 def alertmanager_config(dest: Path, urls: dict[str, str], *,
