@@ -83,12 +83,13 @@ def prometheus_config(targets: dict[str, list[str]], *, rule_files: list[Path],
     return dict(config)
 
 
-def rule_files(dest: Path, *, for_duration: str | None = None,
+def rule_files(dest: Path, *, for_scale: float | None = None,
                thresholds: dict[str, tuple[str, str]] | None = None) -> list[Path]:
     """The repository's rule files copied to ``dest``. For a test that cannot wait for
-    production's durations: ``for_duration`` replaces every alert's ``for:``, and
-    ``thresholds`` maps an alert name to (text, replacement) in its expressions; some
-    rule of that name must contain the text. Everything else stays as written."""
+    production's durations: ``for_scale`` multiplies every alert's ``for:`` (so that a
+    warning still waits longer than its critical, as in production), and ``thresholds``
+    maps an alert name to (text, replacement) in its expressions; some rule of that name
+    must contain the text. Everything else stays as written."""
     dest.mkdir(parents=True, exist_ok=True)
     thresholds = thresholds or {}
     replaced: set[str] = set()
@@ -100,8 +101,8 @@ def rule_files(dest: Path, *, for_duration: str | None = None,
             for rule in group.get("rules", []):
                 if "alert" not in rule:
                     continue
-                if for_duration is not None and "for" in rule:
-                    rule["for"] = for_duration
+                if for_scale is not None and "for" in rule:
+                    rule["for"] = f"{max(_seconds(rule['for']) * for_scale, 1):.0f}s"
                 old, new = thresholds.get(rule["alert"], ("", ""))
                 if old and old in rule["expr"]:
                     rule["expr"] = rule["expr"].replace(old, new)
@@ -111,6 +112,12 @@ def rule_files(dest: Path, *, for_duration: str | None = None,
     if missing := set(thresholds) - replaced:
         raise StackError(f"no threshold to replace in {sorted(missing)}")
     return copied
+
+
+def _seconds(duration: str) -> float:
+    """A Prometheus duration of one unit (30s, 5m, 1h, 1d) in seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    return float(duration[:-1]) * units[duration[-1]]
 
 
 def alertmanager_config(dest: Path, urls: dict[str, str], *,
@@ -226,16 +233,17 @@ class AlertLog:
     def urls(self) -> dict[str, str]:
         return {tier: f"{self.url}/{tier}" for tier in WEBHOOK_VARIABLES}
 
-    def delivered(self, tier: str) -> list[dict[str, str]]:
-        """The labels of every firing alert posted to ``tier`` so far."""
-        return [dict(alert.get("labels", {})) for path, body in list(self.received)
+    def delivered(self, tier: str, since: int = 0) -> list[dict[str, str]]:
+        """The labels of every firing alert posted to ``tier`` (from notification
+        number ``since`` on: ``len(received)`` taken earlier)."""
+        return [dict(alert.get("labels", {})) for path, body in list(self.received)[since:]
                 if path == f"/{tier}" for alert in body.get("alerts", [])
                 if alert.get("status") == "firing"]
 
-    def firing(self, tier: str) -> set[tuple[str, str]]:
+    def firing(self, tier: str, since: int = 0) -> set[tuple[str, str]]:
         """(alertname, severity) of every firing alert posted to ``tier``."""
         return {(labels.get("alertname", ""), labels.get("severity", ""))
-                for labels in self.delivered(tier)}
+                for labels in self.delivered(tier, since)}
 
     def close(self) -> None:
         self.server.shutdown()
@@ -243,7 +251,7 @@ class AlertLog:
 
 
 def start_monitoring(stack: Stack, targets: dict[str, list[str]], webhooks: dict[str, str], *,
-                     interval: str = "15s", for_duration: str | None = None,
+                     interval: str = "15s", for_scale: float | None = None,
                      thresholds: dict[str, tuple[str, str]] | None = None,
                      timing: dict[str, str] | None = None) -> MonitoringUrls:
     """Pushgateway, Alertmanager and Prometheus with the repository's rules and routes.
@@ -254,7 +262,7 @@ def start_monitoring(stack: Stack, targets: dict[str, list[str]], webhooks: dict
     folder.mkdir(parents=True, exist_ok=True)
     alertmanager = start_alertmanager(stack, alertmanager_config(folder, webhooks, timing=timing))
     scrape = {**targets, "mailrelay-export": [pushgateway.removeprefix("http://")]}
-    rules = rule_files(folder / "rules", for_duration=for_duration, thresholds=thresholds)
+    rules = rule_files(folder / "rules", for_scale=for_scale, thresholds=thresholds)
     config = prometheus_config(scrape, rule_files=rules,
                                alertmanager=alertmanager.removeprefix("http://"), interval=interval)
     prometheus = start_prometheus(stack, config)
