@@ -25,7 +25,7 @@ from typing import Any
 
 import click
 
-from mailrelay.cli.exits import UNAVAILABLE, USAGE, Exit
+from mailrelay.cli.exits import NO_INPUT, UNAVAILABLE, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 
 DEFAULT_STACK = Path(".demo") / "stack.json"
@@ -68,9 +68,9 @@ def _message(ctx: Context, n: int, **extra: Any) -> dict[str, Any]:
             "text": "Sent by mailrelay scenarios.", **extra}
 
 
-def _invalid_every_other(ctx: Context, n: int) -> dict[str, Any]:
+def _mostly_invalid(ctx: Context, n: int) -> dict[str, Any]:
     message = _message(ctx, n)
-    if n % 2 == 0:
+    if n % 5:  # four requests in five
         message["to"] = ["not an address"]
     return message
 
@@ -162,10 +162,10 @@ def catalog(provider: str = "gmail") -> list[Scenario]:
                  (("MailrelayProviderOutage", "critical"),),
                  "mailrelay status ID; provider_code_class:mailrelay_delivery_errors:rate5m",
                  faults=({"endpoint": send, "status": 503},)),
-        Scenario("validation-spike", "half the requests name an invalid recipient",
+        Scenario("validation-spike", "four requests in five name an invalid recipient",
                  (("MailrelayIntakeRejectionSpike", "info"),),
                  "mailrelay rejected --since 1h; :mailrelay_intake_rejected:ratio_rate10m",
-                 message=_invalid_every_other),
+                 message=_mostly_invalid),
         Scenario("sanitization-spike", "every HTML body carries a script and an event handler",
                  (("MailrelayHtmlSanitizationSpike", "info"),),
                  "rate(mailrelay_html_removed_total[5m]) by kind",
@@ -184,9 +184,9 @@ def find(name: str, provider: str = "gmail") -> Scenario:
 def load_stack(path: Path) -> dict[str, Any]:
     try:
         stack = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise Exit(f"no stack file {path}: start `mailrelay demo` first (it writes one)",
-                   UNAVAILABLE) from None
+    except OSError as err:
+        raise Exit(f"cannot read the stack file {path}: {err.strerror}; `mailrelay demo` writes "
+                   ".demo/stack.json while it runs", NO_INPUT) from None
     except ValueError as err:
         raise Exit(f"{path} is not a stack file: {err}", USAGE) from None
     if not isinstance(stack, dict) or not {"emulator", "env", "senders", "serves"} <= set(stack):

@@ -15,7 +15,9 @@ from typing import Any
 from mailrelay.celery_app import app, queue_names
 from mailrelay.export import QueueStats
 
-INSPECT_TIMEOUT = 1.0
+# Long enough for a busy worker's main process to answer (a late answer reads as no
+# consumer); short beside the export's 30 s.
+INSPECT_TIMEOUT = 2.5
 # kombu's Redis transport keeps priority p > 0 of queue q in the list "q\x06\x16p".
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (3, 6, 9)

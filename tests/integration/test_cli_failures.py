@@ -113,12 +113,15 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                        ("emulator-closed",)),
     "emulator stats --ca": (("emulator", "stats", "--url", f"https://127.0.0.1:{CLOSED}", "--ca",
                              "{tmp}/absent.json"), ("missing-file",)),
+    "scenarios run": (("scenarios", "run", "backlog", "--stack", "{tmp}/absent.json"),
+                      ("missing-file",)),
 }
 # Commands that touch no service of the installation, or bring their own.
 EXEMPT = {
     "accounts genkey": "prints a new key; touches nothing",
     "demo": "starts its own SQLite outbox, Redis (if none answers), emulator and workers",
     "bench": "starts its own outbox, emulator and workers for the run",
+    "scenarios list": "prints the catalogue; touches nothing",
 }
 CASES = [(name, failure) for name, (_, failures) in COMMANDS.items() for failure in failures]
 
