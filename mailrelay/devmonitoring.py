@@ -146,18 +146,13 @@ def _retime(route: dict[str, Any], timing: dict[str, str]) -> None:
 
 
 def _wait_ready(stack: Stack, name: str, url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         try:
-            if requests.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                return
+            return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
         except requests.RequestException:
-            pass
-        for proc_name, process in stack.processes:
-            if proc_name == name and process.poll() is not None:
-                raise StackError(f"{name} exited; see {stack.workdir / (name + '.log')}")
-        time.sleep(0.1)
-    raise StackError(f"{name} did not answer in {timeout}s")
+            return False
+
+    stack.wait_until(name, ready, timeout, "did not answer on /-/ready")
 
 
 def start_pushgateway(stack: Stack) -> str:

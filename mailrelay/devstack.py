@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,15 +122,20 @@ class Stack:
         """Wait until the process's log says ``needle`` (in what it wrote since it started)."""
         path = self.workdir / f"{name}.log"
         start = self.log_offsets.get(name, 0)
+        self.wait_until(name, lambda: path.exists() and needle in path.read_bytes()[start:].decode(
+            errors="replace"), timeout, f"did not say {needle!r}")
+
+    def wait_until(self, name: str, ready: Callable[[], bool], timeout: float, missing: str) -> None:
+        """Wait until ``ready()``, failing at once if the process ``name`` exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if path.exists() and needle in path.read_bytes()[start:].decode(errors="replace"):
+            if ready():
                 return
             for proc_name, process in self.processes:
                 if proc_name == name and process.poll() is not None:
-                    raise StackError(f"{name} exited; see {path}")
-            time.sleep(0.2)
-        raise StackError(f"{name} did not say {needle!r} in {timeout}s; see {path}")
+                    raise StackError(f"{name} exited; see {self.workdir / (name + '.log')}")
+            time.sleep(0.1)
+        raise StackError(f"{name} {missing} in {timeout}s; see {self.workdir / (name + '.log')}")
 
     def stop(self) -> None:
         for _name, process in reversed(self.processes):

@@ -15,9 +15,10 @@ from typing import Any
 from mailrelay.celery_app import app, queue_names
 from mailrelay.export import QueueStats
 
-# Long enough for a busy worker's main process to answer (a late answer reads as no
-# consumer); short beside the export's 30 s.
-INSPECT_TIMEOUT = 2.5
+# The broadcast always waits this long, and the control worker runs one job at a time
+# (solo pool): the export must leave room for the reconciler and the controller. A
+# worker answering later reads as no consumer once; the alert waits minutes.
+INSPECT_TIMEOUT = 1.0
 # kombu's Redis transport keeps priority p > 0 of queue q in the list "q\x06\x16p".
 _REDIS_PRIORITY_SEPARATOR = "\x06\x16"
 _REDIS_PRIORITY_STEPS = (3, 6, 9)
