@@ -175,6 +175,9 @@ def _export(result: Evaluation) -> None:
     # Every rollout the run looked at, paused ones too: the "controller stalled" alert
     # is about the controller running, not about what it decided.
     ROLLOUT_LAST_EVALUATION.labels(provider=result.provider).set_to_current_time()
+    # The rollback counter exists at 0 before the first rollback: a series born at 1 shows
+    # no increase, and "rolled back" would miss the first one after a worker starts.
+    ROLLOUT_DECISIONS.labels(provider=result.provider, decision=decisions.ROLLBACK)
 
 
 def _lock(provider: str) -> Any:

@@ -332,6 +332,11 @@ def test_no_traffic_holds(gmail_senders: Callable[[list[str]], None], use_promet
         assert "inconclusive" in result["reason"]
         time.sleep(1)
     assert (row().percent_bp, row().successes, row().query_errors) == (1000, 0, 0)
+    # The rollback counter is there at 0 before any rollback: the first one is an increase.
+    from prometheus_client import REGISTRY
+
+    assert REGISTRY.get_sample_value("mailrelay_rollout_decisions_total",
+                                     {"provider": "gmail", "decision": "rollback"}) == 0
 
 
 def test_prometheus_stopped_or_slow_holds_and_needs_attention(
