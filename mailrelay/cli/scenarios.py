@@ -113,13 +113,16 @@ def _running_rollout(ctx: Context) -> None:
         _mailrelay(ctx, "rollout", "set", ctx.provider, "--mode", "dry_run", "--percent", "100",
                    "--reason", "scenario controller-stalled")
         ctx.created_rollout = True
-    interval = float(ctx.stack.get("intervals", {}).get("rollout", 60))
-    deadline = time.monotonic() + 3 * interval + 30
+    intervals = ctx.stack.get("intervals", {})
+    deadline = time.monotonic() + 3 * float(intervals.get("rollout", 60)) + 30
     while not _rollout_state(ctx).get("last_evaluated_at"):
         if time.monotonic() > deadline:
             raise Exit("the rollout controller did not evaluate the rollout; is beat running?",
                        UNAVAILABLE)
         time.sleep(1)
+    # And one export, so that Prometheus knows the rollout is running: the alert is about
+    # running rollouts only.
+    time.sleep(float(intervals.get("export", 30)) + 1)
 
 
 def _rollout_state(ctx: Context) -> dict[str, Any]:
@@ -228,8 +231,10 @@ def run(scenario: Scenario, ctx: Context, *, duration: float, rate: float,
     from mailrelay.celery_app import INTAKE_QUEUE, SEND_TASK, app
 
     sent = 0
-    started = time.monotonic()
     with applied(scenario, ctx):
+        # The clock starts once the faults and pauses are in place: a setup that waits
+        # (for the controller, say) must not eat the scenario's duration.
+        started = time.monotonic()
         while (elapsed := time.monotonic() - started) < duration:
             due = int(elapsed * rate) + 1
             while sent < due:
