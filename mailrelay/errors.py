@@ -60,6 +60,10 @@ CODES: dict[str, ErrorCode] = _codes(
     ErrorCode("database_unavailable", True, "the outbox database could not be reached"),
     ErrorCode("redis_unavailable", True, "mailrelay's Redis could not be reached"),
     ErrorCode("internal_error", True, "mailrelay failed unexpectedly; the outcome is checked first"),
+    # Not raised by an adapter: the deliver path gives up on a message whose workers keep
+    # dying (a poison message). Listed so that on-call can filter and replay by it.
+    ErrorCode("worker_lost", False,
+              "workers died or hung mid-send too often (a poison message); a replay checks first"),
 )
 
 

@@ -41,7 +41,9 @@ __all__ = ["STATES", "UNSET", "AccountExists", "AccountNotFound", "add", "check_
 def add(provider: str, address: str, *, client_id: str | None = None, tenant: str | None = None,
         app_only: bool = False, rate_limit_per_minute: int | None = None,
         client_secret: str | None = None, refresh_token: str | None = None,
-        html_policy: str | None = None) -> dict[str, Any]:
+        html_policy: str | None = None, preview: bool = False) -> dict[str, Any]:
+    """Register an account; its public row. With ``preview`` the same checks run (the
+    provider, the address, the secrets encrypt, ``AccountExists``) and nothing is stored."""
     provider_names.check(provider)  # unknown provider: ValidationError with a hint
     now = utcnow()
     row = {"address": normalize_address(address), "provider": provider, "state": "active",
@@ -51,6 +53,9 @@ def add(provider: str, address: str, *, client_id: str | None = None, tenant: st
            "consecutive_failures": 0,
            "client_secret_enc": crypto.encrypt(client_secret) if client_secret else None,
            "refresh_token_enc": crypto.encrypt(refresh_token) if refresh_token else None}
+    if preview:
+        rows.check_free(str(row["address"]))
+        return public(row)
     account_id = rows.insert_row(row)
     try:
         _forget_tokens(account_id)  # SQLite reuses ids: never inherit another's token
@@ -102,13 +107,16 @@ def resume_parked(account_id: int) -> list[tuple[str, str]]:
     return rows.resume_parked(account_id, PARKED_CODE)
 
 
-def remove(address: str, *, force: bool = False) -> str:
+def remove(address: str, *, force: bool = False, preview: bool = False) -> str:
     """Delete an account without messages; with messages, ``force`` disables it and erases
-    its secrets (the history stays). Returns what was done."""
-    # The cached token goes first: if Redis is away, nothing is removed and the command
-    # can simply be run again (the other order would leave a row gone and a token kept).
+    its secrets (the history stays). Returns what was done, or with ``preview`` what would
+    be (nothing changes)."""
     row = rows.row_of(normalize_address(address))
     provider = row.provider
+    if preview:
+        return rows.remove(address, force=force, preview=True)[0]
+    # The cached token goes first: if Redis is away, nothing is removed and the command
+    # can simply be run again (the other order would leave a row gone and a token kept).
     _forget_tokens(row.id)
     done, _account_id = rows.remove(address, force=force)
     if done == "disabled":
@@ -116,9 +124,11 @@ def remove(address: str, *, force: bool = False) -> str:
     return done
 
 
-def rotate_key() -> int:
-    """Re-encrypt every stored secret under the newest MAILRELAY_SECRET_KEY; returns the count."""
-    return rows.reencrypt_all(crypto.rotate)
+def rotate_key(*, preview: bool = False) -> int:
+    """Re-encrypt every stored secret under the newest MAILRELAY_SECRET_KEY; returns the
+    count. A preview decrypts and re-encrypts each in memory and stores nothing: an
+    unreadable secret fails it as it would fail the real run."""
+    return rows.reencrypt_all(crypto.rotate, preview=preview)
 
 
 def check_key() -> None:
@@ -130,9 +140,12 @@ def check_key() -> None:
 
 
 def configure(address: str, *, rate_limit_per_minute: int | None = UNSET,
-              html_policy: str | None = UNSET) -> dict[str, Any]:
-    """Per-account settings; None goes back to the default, UNSET leaves one as it is."""
+              html_policy: str | None = UNSET, preview: bool = False) -> dict[str, Any]:
+    """Per-account settings; None goes back to the default, UNSET leaves one as it is.
+    With ``preview``: the account as it would be, nothing written or forgotten."""
     updated = rows.configure(address, rate_limit_per_minute=rate_limit_per_minute,
-                             html_policy=html_policy)
+                             html_policy=html_policy, preview=preview)
+    if preview:
+        return updated
     forget(address.lower())
     return updated

@@ -148,6 +148,37 @@ class Connected:
     scopes: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What a consent is about to do, known before anyone is sent to the provider."""
+
+    address: str
+    provider: str
+    creates: bool  # no account yet: the consent will create it
+
+
+def plan(adapter: ConsentProvider, address: str, *, client_id: str,
+         tenant: str | None) -> Planned:
+    """The checks a consent makes before it listens or shows a URL: the address and the
+    client settings (``ValidationError``), and that an existing account is one of this
+    provider (``ConsentError`` wrong_provider). It reads the account and contacts nobody:
+    `auth connect --dry-run` is this alone."""
+    address = accounts.normalize_address(address)
+    adapter.check_account(client_id=client_id, tenant=tenant, app_only=False)
+    try:
+        existing = accounts.health(address)
+    except accounts.AccountNotFound:
+        return Planned(address, adapter.name, True)
+    if existing["provider"] != adapter.name:
+        raise _wrong_provider(address, existing["provider"], adapter.name)
+    return Planned(address, adapter.name, False)
+
+
+def _wrong_provider(address: str, found: str, provider: str) -> ConsentError:
+    return ConsentError("wrong_provider", f"{address} is a {found} account, not {provider}; "
+                        "nothing was changed")
+
+
 def begin(adapter: ConsentProvider, address: str, *, client_id: str, client_secret: str,
           tenant: str | None, redirect_uri: str) -> ConsentFlow:
     adapter.check_account(client_id=client_id, tenant=tenant, app_only=False)
@@ -188,8 +219,7 @@ def _store(provider: str, address: str, granted: Granted, *, client_id: str, cli
                      client_secret=client_secret, refresh_token=granted.refresh_token)
         return Connected(address, provider, True, 0, granted.scopes)
     if existing.provider != provider:
-        raise ConsentError("wrong_provider", f"{address} is a {existing.provider} account, not "
-                           f"{provider}; nothing was changed")
+        raise _wrong_provider(address, existing.provider, provider)
     account_id = accounts.reconnect(address, client_id=client_id, tenant=tenant,
                                     client_secret=client_secret,
                                     refresh_token=granted.refresh_token)
@@ -203,7 +233,8 @@ def _store(provider: str, address: str, granted: Granted, *, client_id: str, cli
 def run(adapter: ConsentProvider, address: str, *, client_id: str, client_secret: str,
         tenant: str | None, timeout: float, show_url: Callable[[str], None],
         enqueue: Callable[[str, str], None] | None = None) -> Connected:
-    """The whole consent: listen, show the URL, wait, check, store."""
+    """The whole consent: check (``plan``), listen, show the URL, wait, check, store."""
+    plan(adapter, address, client_id=client_id, tenant=tenant)
     with LoopbackReceiver() as receiver:
         flow = begin(adapter, address, client_id=client_id, client_secret=client_secret,
                      tenant=tenant, redirect_uri=receiver.redirect_uri)

@@ -17,9 +17,12 @@ from mailrelay.cli import (
     bench,
     db,
     demo,
+    drill,
     emulator,
     flower,
     oncall,
+    queues,
+    reconcile,
     rollout,
     scenarios,
     send,
@@ -38,7 +41,7 @@ def cli() -> None:
 
 
 for module in (send, status, accounts, auth, rollout, db, worker, demo, bench, beat, flower,
-               emulator, scenarios):
+               emulator, scenarios, drill, queues, reconcile):
     cli.add_command(module.command)
 cli.add_command(oncall.failed)
 cli.add_command(oncall.rejected)

@@ -14,8 +14,10 @@ import click
 from mailrelay import providers
 from mailrelay.auth import accounts
 from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
-from mailrelay.cli.output import emit_json, json_option, table
+from mailrelay.cli.output import dry_run_option, emit_json, json_option, table
 from mailrelay.errors import ValidationError
+
+_DRY = "dry run: nothing changed"
 
 
 @click.group("accounts")
@@ -42,13 +44,18 @@ def _secret(value: str, env: str, what: str) -> str:
               help="Override the provider's documented sending rate for this mailbox.")
 @click.option("--html-policy", type=click.Choice(["off", "sanitize"]),
               help="HTML content policy for this account (default: MAILRELAY_HTML_POLICY).")
+@dry_run_option
 @json_option
 def add(provider: str, address: str, client_id: str | None, tenant: str | None, app_only: bool,
-        rate_limit: int | None, html_policy: str | None, as_json: bool) -> None:
+        rate_limit: int | None, html_policy: str | None, dry_run: bool, as_json: bool) -> None:
     """Register ADDRESS as a sending account of PROVIDER.
 
     OAuth providers need --client-id, and read the client secret and the refresh token from
-    MAILRELAY_CLIENT_SECRET and MAILRELAY_REFRESH_TOKEN (or a hidden prompt).
+    MAILRELAY_CLIENT_SECRET and MAILRELAY_REFRESH_TOKEN (or a hidden prompt). Exit 1 if the
+    account exists, 2 for a missing option or secret.
+
+    --json prints the account (address, provider, state, client_id, tenant, ...; never a
+    secret); with --dry-run the account as it would be, plus "dry_run": true.
     """
     from mailrelay.config import get_settings
 
@@ -72,11 +79,15 @@ def add(provider: str, address: str, client_id: str | None, tenant: str | None, 
         adapter().check_account(client_id=client_id, tenant=tenant, app_only=app_only)
         row = accounts.add(provider, address, client_id=client_id, tenant=tenant, app_only=app_only,
                            rate_limit_per_minute=rate_limit, client_secret=secret,
-                           refresh_token=refresh, html_policy=html_policy)
+                           refresh_token=refresh, html_policy=html_policy, preview=dry_run)
     except (accounts.AccountExists, ValidationError) as err:
         raise Exit(str(err), FAILED) from None
     if as_json:
-        emit_json(row)
+        emit_json({**row, "dry_run": True} if dry_run else row)
+        return
+    if dry_run:
+        click.echo(f"would add {row['address']} ({row['provider']}, {row['state']}); "
+                   f"{_DRY}")
         return
     click.echo(f"added {row['address']} ({row['provider']}, {row['state']})")
     if refresh is not None:
@@ -115,9 +126,17 @@ def _with_rate(row: dict[str, object]) -> dict[str, object]:
               help="Sends per minute for this mailbox, or `default` for the provider's rate.")
 @click.option("--html-policy", type=click.Choice(["off", "sanitize", "default"]),
               help="HTML content policy for this account; `default` follows MAILRELAY_HTML_POLICY.")
+@dry_run_option
 @json_option
-def set_(address: str, rate_limit: str | None, html_policy: str | None, as_json: bool) -> None:
-    """Change ADDRESS's per-account settings."""
+def set_(address: str, rate_limit: str | None, html_policy: str | None, dry_run: bool,
+         as_json: bool) -> None:
+    """Change ADDRESS's per-account settings. Exit 3 if there is no such account, 2 for a
+    bad or missing option.
+
+    --json prints the account as `accounts list --json` does, with
+    rate_limit_per_minute_default and rate_limit_per_minute_effective; with --dry-run the
+    account as it would be, plus "dry_run": true and "changes" ({setting: {"from", "to"}}).
+    """
     changes: dict[str, object] = {}
     if rate_limit is not None:
         changes["rate_limit_per_minute"] = _rate(rate_limit)
@@ -126,14 +145,35 @@ def set_(address: str, rate_limit: str | None, html_policy: str | None, as_json:
     if not changes:
         raise Exit("nothing to change: give --rate-limit or --html-policy", USAGE)
     try:
-        row = _with_rate(accounts.configure(address, **changes))  # type: ignore[arg-type]
+        before = _with_rate(accounts.health(address)) if dry_run else {}
+        row = _with_rate(accounts.configure(address, preview=dry_run,
+                                            **changes))  # type: ignore[arg-type]
     except accounts.AccountNotFound as err:
         raise Exit(str(err), NOT_FOUND) from None
+    if not dry_run:
+        if as_json:
+            emit_json(row)
+        else:
+            click.echo(f"{row['address']}: rate limit "
+                       f"{row['rate_limit_per_minute_effective'] or 'none'}/min, HTML policy "
+                       f"{row['html_policy'] or 'global'}")
+        return
+    shown = {"rate_limit_per_minute": ("rate limit", _rate_words),
+             "html_policy": ("HTML policy", lambda r: str(r["html_policy"] or "global"))}
+    diff = {name: {"from": before[name], "to": row[name]} for name in changes}
     if as_json:
-        emit_json(row)
-    else:
-        click.echo(f"{row['address']}: rate limit {row['rate_limit_per_minute_effective'] or 'none'}"
-                   f"/min, HTML policy {row['html_policy'] or 'global'}")
+        emit_json({**row, "dry_run": True, "changes": diff})
+        return
+    words = [f"{label} {show(before)} -> {show(row)}"
+             + ("" if before[name] != row[name] else " (unchanged)")
+             for name, (label, show) in shown.items() if name in changes]
+    click.echo(f"{row['address']}: would set {', '.join(words)} ({_DRY})")
+
+
+def _rate_words(row: dict[str, object]) -> str:
+    effective = row["rate_limit_per_minute_effective"]
+    return ((f"{effective}/min" if effective else "no limit")
+            + ("" if row["rate_limit_per_minute"] else " (provider default)"))
 
 
 def _rate(value: str) -> int | None:
@@ -174,33 +214,51 @@ def check(address: str, as_json: bool) -> None:
 @command.command("remove")
 @click.argument("address")
 @click.option("--force", is_flag=True, help="If it has messages: disable it and erase its secrets.")
+@dry_run_option
 @json_option
-def remove(address: str, force: bool, as_json: bool) -> None:
-    """Remove ADDRESS (an account with messages is only disabled, with --force)."""
+def remove(address: str, force: bool, dry_run: bool, as_json: bool) -> None:
+    """Remove ADDRESS (an account with messages is only disabled, with --force). Exit 3 if
+    there is no such account, 1 if it has messages and no --force.
+
+    --json prints {"address", "done"} (`removed` or `disabled`); with --dry-run what would
+    be done, plus "dry_run": true.
+    """
     try:
-        done = accounts.remove(address, force=force)
+        done = accounts.remove(address, force=force, preview=dry_run)
     except accounts.AccountNotFound as err:
         raise Exit(str(err), NOT_FOUND) from None
     except accounts.AccountExists as err:
         raise Exit(str(err), FAILED) from None
     if as_json:
-        emit_json({"address": accounts.normalize_address(address), "done": done})
+        emit_json({"address": accounts.normalize_address(address), "done": done,
+                   **({"dry_run": True} if dry_run else {})})
     else:
-        click.echo(f"{address}: {done}")
+        what = {"removed": "removed", "disabled": "disabled and its secrets erased (it has "
+                "messages: they and their history stay)"}[done]
+        click.echo(f"{address}: would be {what} ({_DRY})" if dry_run else f"{address}: {done}")
 
 
 @command.command("rotate-key")
+@dry_run_option
 @json_option
-def rotate_key(as_json: bool) -> None:
+def rotate_key(dry_run: bool, as_json: bool) -> None:
     """Re-encrypt every stored secret with the first key of MAILRELAY_SECRET_KEY.
 
-    To rotate: put the new key first (`new,old`), run this, then drop the old key.
+    To rotate: put the new key first (`new,old`), run this, then drop the old key. With
+    --dry-run every secret is decrypted and re-encrypted in memory only: it proves the keys
+    read them all, and stores nothing. A secret no key reads fails either way (exit 78).
+
+    --json prints {"reencrypted": N}; with --dry-run N is how many would be, plus
+    "dry_run": true.
     """
-    count = accounts.rotate_key()
+    count = accounts.rotate_key(preview=dry_run)
+    noun = "secret" if count == 1 else "secrets"
     if as_json:
-        emit_json({"reencrypted": count})
+        emit_json({"reencrypted": count, **({"dry_run": True} if dry_run else {})})
+    elif dry_run:
+        click.echo(f"would re-encrypt {count} {noun}; every one is readable ({_DRY})")
     else:
-        click.echo(f"re-encrypted {count} {'secret' if count == 1 else 'secrets'}")
+        click.echo(f"re-encrypted {count} {noun}")
 
 
 @command.command("genkey")

@@ -36,12 +36,16 @@ def flower_argv(port: int, address: str, loglevel: str | None = None) -> list[st
               help="Address to listen on; 0.0.0.0 for every interface. Basic auth sends the "
                    "password in clear: serve it beyond this host only behind TLS.")
 @processes.loglevel_option
-def command(port: int | None, address: str, loglevel: str | None) -> None:
+@click.option("--dry-run", is_flag=True,
+              help="Check the settings and that the login is set, print the celery arguments "
+                   "(never the password); start nothing, listen on nothing.")
+def command(port: int | None, address: str, loglevel: str | None, dry_run: bool) -> None:
     """Run Flower (workers, task ids, states, counts; no message content) behind the login in
     MAILRELAY_FLOWER_AUTH (user:password). Flower is read-only: it cannot revoke or send tasks.
 
     It checks the broker before starting. Exit codes: 69 the broker is away or the port
-    is taken, 78 without MAILRELAY_FLOWER_AUTH.
+    is taken, 78 without MAILRELAY_FLOWER_AUTH (or another bad setting). --dry-run exits
+    78 as the real start would; it contacts no broker and binds no port.
     """
     from mailrelay.config import get_settings
 
@@ -52,6 +56,10 @@ def command(port: int | None, address: str, loglevel: str | None) -> None:
         raise Exit(f"{err}; Flower not started", CONFIG) from None
     listen_port = port or settings.flower_port
     argv = flower_argv(listen_port, address, loglevel)
+    if dry_run:  # the arguments hold no secret: the login stays in the conf file's reach
+        click.echo("celery -A mailrelay.celery_app " + " ".join(argv))
+        click.echo("login: MAILRELAY_FLOWER_AUTH (set; read by the conf file)")
+        return
     from mailrelay import metrics_server
     from mailrelay.celery_app import app
 

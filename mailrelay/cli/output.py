@@ -12,6 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+# Every command that changes data offers it: the same checks and exit codes, no change.
+dry_run_option = click.option("--dry-run", is_flag=True,
+                              help="Show what would change; change nothing.")
 
 
 def emit_json(data: Any) -> None:

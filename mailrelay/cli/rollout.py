@@ -16,7 +16,7 @@ import click
 
 from mailrelay import providers
 from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
-from mailrelay.cli.output import emit_json, json_option, table
+from mailrelay.cli.output import dry_run_option, emit_json, json_option, table
 from mailrelay.config import get_settings, operator_name
 from mailrelay.rollout.policy import (
     MODES,
@@ -139,6 +139,7 @@ def _none_or(text: str) -> str:
                    "provider_timeout,network_error,auth_expired,internal_error]")
 @click.option("--salt", metavar="S", help="Bucketing salt; a new one reshuffles who is admitted.")
 @reason_option
+@dry_run_option
 @json_option
 def set_command(provider: str, percent: int | None, mode: str | None,
                 internal_domains: tuple[str, ...] | None, fallback: str | None,
@@ -147,8 +148,15 @@ def set_command(provider: str, percent: int | None, mode: str | None,
                 latency_p95: float | None, min_rate: float | None,
                 consecutive_successes: int | None, failure_limit: int | None,
                 consecutive_error_limit: int | None, error_codes: tuple[str, ...] | None,
-                salt: str | None, reason: str, as_json: bool) -> None:
-    """Create PROVIDER's rollout, or change it. Audited with --reason."""
+                salt: str | None, reason: str, dry_run: bool, as_json: bool) -> None:
+    """Create PROVIDER's rollout, or change it. Audited with --reason. Exit 2 for a bad
+    value or an unusable --fallback, 1 if the change does not apply (a percentage for an
+    aborted rollout) or raced another change.
+
+    --json prints a list of one object, as `rollout status --json`. --dry-run runs every
+    check, writes nothing (no row, no history) and prints the rollout as it would be,
+    each object with "dry_run": true.
+    """
     given = {"ladder": ladder, "dwell_seconds": dwell, "window_seconds": window,
              "error_warn": error_warn, "error_critical": error_critical,
              "latency_p95": latency_p95, "min_rate": min_rate,
@@ -161,8 +169,10 @@ def set_command(provider: str, percent: int | None, mode: str | None,
                       policy={k: v for k, v in given.items() if v is not None})
     with _operator_errors():
         row, created = _rollout().manage.set_rollout(provider, changes, actor=_operator(),
-                                          reason=_reason(reason))
-    _show_rows([row], as_json, title="created" if created else "changed")
+                                                     reason=_reason(reason), preview=dry_run)
+    _show_rows([row], as_json, title=("would be " if dry_run else "")
+               + ("created" if created else "changed") + (" (dry run)" if dry_run else ""),
+               dry_run=dry_run)
 
 
 def _operator() -> str:
@@ -190,9 +200,12 @@ def status_dict(row: RolloutRow, last: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _show_rows(rows: list[RolloutRow], as_json: bool, title: str = "rollouts") -> None:
+def _show_rows(rows: list[RolloutRow], as_json: bool, title: str = "rollouts", *,
+               dry_run: bool = False) -> None:
     last = rollouts.last_decisions()
     shown = [status_dict(row, last.get(row.provider)) for row in rows]
+    if dry_run:
+        shown = [{**item, "dry_run": True} for item in shown]
     if as_json:
         emit_json(shown)
         return
@@ -257,19 +270,34 @@ def evaluate(provider: str | None, dry_run: bool, as_json: bool) -> None:
 @command.command("pause")
 @provider_argument
 @reason_option
+@dry_run_option
 @json_option
-def pause(provider: str, reason: str, as_json: bool) -> None:
-    """Stop the controller changing PROVIDER's rollout; the gate keeps its percentage."""
+def pause(provider: str, reason: str, dry_run: bool, as_json: bool) -> None:
+    """Stop the controller changing PROVIDER's rollout; the gate keeps its percentage.
+    Exit 3 if there is no rollout, 1 if it is not running.
+
+    --json prints {"provider", "state", "percent"}; --dry-run checks the same, changes
+    nothing and prints what it would leave, plus "dry_run": true.
+    """
     with _operator_errors():
-        row = _rollout().manage.pause(provider, actor=_operator(), reason=_reason(reason))
+        row = _rollout().manage.pause(provider, actor=_operator(), reason=_reason(reason),
+                                      preview=dry_run)
     _done(provider, row.state, row.percent_bp, as_json,
-          f"{provider}: paused at {bp_to_percent(row.percent_bp):g}%")
+          f"{provider}: paused at {bp_to_percent(row.percent_bp):g}%", dry_run=dry_run)
 
 
-def _done(provider: str, state: str, percent_bp: int, as_json: bool, words: str) -> None:
-    """What a change left: one line, or with --json the rollout's provider, state, percent."""
+def _done(provider: str, state: str, percent_bp: int, as_json: bool, words: str, *,
+          dry_run: bool = False) -> None:
+    """What a change left: one line, or with --json the rollout's provider, state, percent
+    (and ``dry_run``: true when it is only what the change would leave)."""
+    _would(as_json, {"provider": provider, "state": state, "percent": bp_to_percent(percent_bp),
+                     **({"dry_run": True} if dry_run else {})},
+           f"would be {words} (dry run; nothing changed)" if dry_run else words)
+
+
+def _would(as_json: bool, data: dict[str, Any], words: str) -> None:
     if as_json:
-        emit_json({"provider": provider, "state": state, "percent": bp_to_percent(percent_bp)})
+        emit_json(data)
     else:
         click.echo(words)
 
@@ -279,33 +307,50 @@ def _done(provider: str, state: str, percent_bp: int, as_json: bool, words: str)
 @click.option("--percent", type=float, callback=_parsed(percent_to_bp),
               help="Start again here (from aborted the default is the ladder's first step).")
 @reason_option
+@dry_run_option
 @json_option
-def resume(provider: str, percent: int | None, reason: str, as_json: bool) -> None:
-    """Hand a paused or aborted rollout back to the controller."""
+def resume(provider: str, percent: int | None, reason: str, dry_run: bool, as_json: bool) -> None:
+    """Hand a paused or aborted rollout back to the controller. Exit 3 if there is no
+    rollout, 1 if it is not paused or aborted.
+
+    --json prints {"provider", "state", "percent"}; --dry-run checks the same, changes
+    nothing and prints what it would leave, plus "dry_run": true.
+    """
     with _operator_errors():
         row = _rollout().manage.resume(provider, actor=_operator(), reason=_reason(reason),
-                                       percent_bp=percent)
+                                       percent_bp=percent, preview=dry_run)
     _done(provider, row.state, row.percent_bp, as_json,
-          f"{provider}: running at {bp_to_percent(row.percent_bp):g}%")
+          f"{provider}: running at {bp_to_percent(row.percent_bp):g}%", dry_run=dry_run)
 
 
 @command.command("rollback")
 @provider_argument
 @reason_option
+@dry_run_option
 @json_option
-def rollback(provider: str, reason: str, as_json: bool) -> None:
+def rollback(provider: str, reason: str, dry_run: bool, as_json: bool) -> None:
     """Take every sender off PROVIDER now (0%, aborted) and move waiting messages that
-    never reached it to the fallback. Messages that may have reached it stay with it."""
+    never reached it to the fallback. Messages that may have reached it stay with it.
+    Exit 3 if there is no rollout.
+
+    --json prints {"provider", "state", "percent", "fallback", "rerouted", "unfit",
+    "not_enqueued"}. --dry-run changes, moves and enqueues nothing: "rerouted" is how many
+    waiting messages would move, "unfit" how many would stay, plus "dry_run": true.
+    """
     from mailrelay.tasks.routing import enqueue_delivery
 
     with _operator_errors():
         row, moved = _rollout().manage.rollback(provider, actor=_operator(), reason=_reason(reason),
-                                     enqueue=enqueue_delivery)
+                                                enqueue=enqueue_delivery, preview=dry_run)
     result = {"provider": provider, "state": row.state, "percent": bp_to_percent(row.percent_bp),
               "fallback": row.fallback, "rerouted": moved.moved, "unfit": moved.unfit,
-              "not_enqueued": moved.not_enqueued}
+              "not_enqueued": moved.not_enqueued, **({"dry_run": True} if dry_run else {})}
     if as_json:
         emit_json(result)
+        return
+    if dry_run:
+        click.echo(f"{provider}: would roll back to 0% (aborted) and move {moved.moved} waiting "
+                   f"messages to the fallback ({moved.unfit} do not fit it); nothing changed")
         return
     click.echo(f"{provider}: rolled back to 0% (aborted); {moved.moved} waiting messages moved "
                f"to the fallback" + (f", {moved.unfit} do not fit it and stay" if moved.unfit else ""))
@@ -340,20 +385,28 @@ def history(provider: str | None, limit: int, as_json: bool) -> None:
 @provider_argument
 @reason_option
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@dry_run_option
 @json_option
-def remove(provider: str, reason: str, yes: bool, as_json: bool) -> None:
-    """Delete PROVIDER's rollout: every sender is admitted to it again. History stays."""
+def remove(provider: str, reason: str, yes: bool, dry_run: bool, as_json: bool) -> None:
+    """Delete PROVIDER's rollout: every sender is admitted to it again. History stays.
+    Exit 3 if there is no rollout, 2 without --yes and without a terminal (also with
+    --dry-run, which asks nothing in a terminal).
+
+    --json prints {"provider", "state": "removed", "percent"} (the percent it had);
+    --dry-run deletes nothing and prints the same, plus "dry_run": true.
+    """
     reason = _reason(reason)
-    if not yes:
-        if not sys.stdin.isatty():
-            raise Exit("removing a rollout admits every sender; pass --yes without a terminal",
-                       USAGE)
+    # Refused the same with --dry-run: the same input exits with the same code.
+    if not yes and not sys.stdin.isatty():
+        raise Exit("removing a rollout admits every sender; pass --yes without a terminal",
+                   USAGE)
+    if not yes and not dry_run:
         click.confirm(f"Remove the {provider} rollout and admit every sender?", abort=True, err=True)
     with _operator_errors():
-        row = _rollout().manage.remove(provider, actor=_operator(), reason=reason)
+        row = _rollout().manage.remove(provider, actor=_operator(), reason=reason, preview=dry_run)
     _done(provider, "removed", row.percent_bp, as_json,
           f"{provider}: rollout removed (it was {row.state} at "
-          f"{bp_to_percent(row.percent_bp):g}%); every sender is admitted")
+          f"{bp_to_percent(row.percent_bp):g}%); every sender is admitted", dry_run=dry_run)
 
 
 @command.command("which")

@@ -184,6 +184,14 @@ def find(name: str, provider: str = "gmail") -> Scenario:
     raise Exit(f"no scenario {name!r} (known: {known})", USAGE)
 
 
+# The running system's description, for the commands that act on it (scenarios, drills).
+stack_option = click.option(
+    "--stack", "stack_path", type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_STACK, show_default=True, metavar="PATH",
+    help="The running system's description (`mailrelay demo` writes it; drills need "
+         "`demo --monitoring`).")
+
+
 def load_stack(path: Path) -> dict[str, Any]:
     try:
         stack = json.loads(path.read_text())
@@ -273,9 +281,7 @@ def list_command(as_json: bool) -> None:
               metavar="N", help="Messages sent per second meanwhile.")
 @click.option("--provider", type=click.Choice(["gmail", "microsoft"]), default="gmail",
               show_default=True, help="The provider the faults and the traffic go to.")
-@click.option("--stack", "stack_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=DEFAULT_STACK, show_default=True, metavar="PATH",
-              help="The running system's description (`mailrelay demo` writes it).")
+@stack_option
 @json_option
 def run_command(name: str, duration: float, rate: float, provider: str, stack_path: Path,
                 as_json: bool) -> None:

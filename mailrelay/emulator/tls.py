@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-HOSTNAMES = ("localhost",)
+# "emulator" is its service name in docker/compose.yaml.
+HOSTNAMES = ("localhost", "emulator")
 ADDRESSES = ("127.0.0.1", "::1")
 CA_VALIDITY = dt.timedelta(days=3650)
 # A server certificate is cheap to reissue from the kept CA, so it lives shorter.

@@ -82,8 +82,10 @@ def _check_fallback(provider: str, address: str) -> str:
 
 
 def set_rollout(provider: str, changes: Changes, *, actor: str, reason: str,
-                now: dt.datetime | None = None) -> tuple[RolloutRow, bool]:
-    """Create the provider's rollout or change it; returns (the row, created)."""
+                now: dt.datetime | None = None,
+                preview: bool = False) -> tuple[RolloutRow, bool]:
+    """Create the provider's rollout or change it; returns (the row, created). With
+    ``preview`` every check runs and nothing is written: the row as it would be."""
     try:
         providers.queue_for(provider)
     except ValidationError as err:
@@ -106,7 +108,8 @@ def set_rollout(provider: str, changes: Changes, *, actor: str, reason: str,
     if changes.percent_bp is not None:
         values["percent_bp"] = changes.percent_bp
     if row is None:
-        return _create(provider, values, merged, actor=actor, reason=reason, now=now), True
+        return _create(provider, values, merged, actor=actor, reason=reason, now=now,
+                       preview=preview), True
     if not values:
         raise Refused("nothing to change: give at least one option")
     if "percent_bp" in values and row.state == "aborted":
@@ -122,12 +125,11 @@ def set_rollout(provider: str, changes: Changes, *, actor: str, reason: str,
     record = DecisionRecord("set", reason, actor, inputs=_shown(values),
                             percent_before=row.percent_bp, percent_after=after,
                             state_after=values.get("state", row.state))
-    _change(row, values, record, now=now)
-    return _require(provider), False
+    return _change(row, values, record, now=now, preview=preview), False
 
 
 def _create(provider: str, values: dict[str, Any], policy: Policy, *, actor: str, reason: str,
-            now: dt.datetime) -> RolloutRow:
+            now: dt.datetime, preview: bool = False) -> RolloutRow:
     # A new rollout starts at the ladder's first step unless told otherwise.
     percent = values.get("percent_bp", policy.ladder[0])
     full = {"mode": "enforce", "internal_domains": None, "fallback": None, "salt": new_salt(),
@@ -136,6 +138,9 @@ def _create(provider: str, values: dict[str, Any], policy: Policy, *, actor: str
             "successes": 0, "failures": 0, "query_errors": 0, "last_evaluated_at": None}
     if full["error_codes"] == DEFAULTS.error_codes:
         full["error_codes"] = None  # follow the documented list as it evolves
+    if preview:
+        return _would_be(None, {**full, "provider": provider, "version": 0, "created_at": now,
+                                "updated_at": now})
     record = DecisionRecord("create", reason, actor, inputs=_shown(values), percent_before=None,
                             percent_after=percent, state_after="running")
     if not rollouts.create(provider, full, record, now=now):
@@ -155,25 +160,46 @@ def _shown(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def _change(row: RolloutRow, values: dict[str, Any], record: DecisionRecord, *,
-            now: dt.datetime) -> None:
+            now: dt.datetime, preview: bool = False) -> RolloutRow:
+    """Apply ``values`` if nobody changed the rollout meanwhile; the row after. A preview
+    writes nothing and returns the row as it would be."""
+    if preview:
+        return _would_be(row, values)
     if not rollouts.change(row.provider, row.version, values, record, now=now):
         raise Conflict(f"the {row.provider} rollout changed while this command ran (the "
                        "controller or another operator); look at `rollout status` and run it again")
     gate.forget()
+    return _require(row.provider)
 
 
-def pause(provider: str, *, actor: str, reason: str) -> RolloutRow:
+def _would_be(row: RolloutRow | None, values: dict[str, Any]) -> RolloutRow:
+    """The rollout as ``values`` would leave it (``row`` None: a new one, ``values`` all
+    its columns), read back as ``rollouts.get`` would: a preview shows what a real change
+    would print."""
+    values = dict(values)
+    if "internal_domains" in values:
+        values["internal_domains"] = tuple(values["internal_domains"] or ())
+    if "error_codes" in values and values["error_codes"] is not None:
+        values["error_codes"] = tuple(values["error_codes"])
+    if "fallback" in values:
+        values["fallback_account"] = find_account(values["fallback"]) if values["fallback"] else None
+    known = {field.name for field in dataclasses.fields(RolloutRow)}
+    values = {k: v for k, v in values.items() if k in known}
+    return RolloutRow(**values) if row is None else dataclasses.replace(row, **values)
+
+
+def pause(provider: str, *, actor: str, reason: str, preview: bool = False) -> RolloutRow:
     """Stop the controller from changing the rollout; the gate keeps its percentage."""
     row = _require(provider)
     if row.state != "running":
         raise Refused(f"the {provider} rollout is {row.state}, not running")
-    _change(row, {"state": "paused"}, DecisionRecord(
+    return _change(row, {"state": "paused"}, DecisionRecord(
         "pause", reason, actor, percent_before=row.percent_bp, percent_after=row.percent_bp,
-        state_after="paused"), now=utcnow())
-    return _require(provider)
+        state_after="paused"), now=utcnow(), preview=preview)
 
 
-def resume(provider: str, *, actor: str, reason: str, percent_bp: int | None = None) -> RolloutRow:
+def resume(provider: str, *, actor: str, reason: str, percent_bp: int | None = None,
+           preview: bool = False) -> RolloutRow:
     """Hand a paused or aborted rollout back to the controller. From ``aborted`` (0%) it
     starts again at the ladder's first step unless ``percent_bp`` says otherwise."""
     row = _require(provider)
@@ -184,29 +210,35 @@ def resume(provider: str, *, actor: str, reason: str, percent_bp: int | None = N
         row.ladder[0] if row.state == "aborted" else row.percent_bp)
     values = {"state": "running", "percent_bp": percent, "step_started_at": now,
               "successes": 0, "failures": 0, "query_errors": 0}
-    _change(row, values, DecisionRecord("resume", reason, actor, percent_before=row.percent_bp,
-                                        percent_after=percent, state_after="running"), now=now)
-    return _require(provider)
+    return _change(row, values, DecisionRecord("resume", reason, actor,
+                                               percent_before=row.percent_bp,
+                                               percent_after=percent, state_after="running"),
+                   now=now, preview=preview)
 
 
-def rollback(provider: str, *, actor: str, reason: str,
-             enqueue: Enqueue | None) -> tuple[RolloutRow, Rerouted]:
+def rollback(provider: str, *, actor: str, reason: str, enqueue: Enqueue | None,
+             preview: bool = False) -> tuple[RolloutRow, Rerouted]:
     """Everyone off the provider now: 0% and ``aborted``; waiting messages that never
-    reached it move to the fallback. Again on an aborted rollout: only the move."""
+    reached it move to the fallback. Again on an aborted rollout: only the move. A preview
+    says what would move and writes nothing."""
     row = _require(provider)
     if row.state != "aborted" or row.percent_bp != 0:
         now = utcnow()
-        _change(row, {"state": "aborted", "percent_bp": 0, "step_started_at": now,
-                      "successes": 0, "failures": 0},
-                DecisionRecord("rollback", reason, actor, percent_before=row.percent_bp,
-                               percent_after=0, state_after="aborted"), now=now)
-        row = _require(provider)
+        row = _change(row, {"state": "aborted", "percent_bp": 0, "step_started_at": now,
+                            "successes": 0, "failures": 0},
+                      DecisionRecord("rollback", reason, actor, percent_before=row.percent_bp,
+                                     percent_after=0, state_after="aborted"),
+                      now=now, preview=preview)
+    if preview:
+        return row, reroute.plan(row)
     return row, reroute.to_fallback(row, actor=actor, enqueue=enqueue)
 
 
-def remove(provider: str, *, actor: str, reason: str) -> RolloutRow:
+def remove(provider: str, *, actor: str, reason: str, preview: bool = False) -> RolloutRow:
     """Delete the rollout: every sender of the provider is admitted again. History stays."""
     row = _require(provider)
+    if preview:
+        return row
     record = DecisionRecord("remove", reason, actor, percent_before=row.percent_bp,
                             percent_after=None, state_after=None)
     if not rollouts.remove(provider, row.version, record):

@@ -25,8 +25,8 @@ from mailrelay.message import validate
 from mailrelay.providers import fit
 from mailrelay.rollout.gate import fallback_problem
 from mailrelay.store import rollouts
-from mailrelay.store.outbox import utcnow
-from mailrelay.store.rollouts import RolloutRow
+from mailrelay.store.outbox import AccountRef, utcnow
+from mailrelay.store.rollouts import RolloutRow, Waiting
 
 log = get_logger(__name__)
 
@@ -46,18 +46,15 @@ class Rerouted:
 def to_fallback(row: RolloutRow, *, actor: str, enqueue: Enqueue | None,
                 limit: int = BATCH) -> Rerouted:
     """Move what may move from ``row.provider`` to its fallback; see the module doc."""
-    if fallback_problem(row) is not None:
+    chosen = _choose(row, limit)
+    if chosen is None:
         return Rerouted()
-    via = row.fallback_account
-    assert via is not None
+    via, fitting, unfit = chosen
     now = utcnow()
     reason = (f"the {row.provider} rollout was rolled back; no attempt reached {row.provider}, "
               f"so it is sent through the fallback {via.address} ({via.provider})")
-    moves, unfit = [], 0
-    for waiting in rollouts.movable(row.provider, limit=limit):
-        if not _fits(waiting.payload, via.provider):
-            unfit += 1
-            continue
+    moves = []
+    for waiting in fitting:
         before = json.loads(waiting.route) if waiting.route else {}
         route = {**before, "decision": "rerouted", "reason": reason, "fallback": via.address,
                  "rerouted_at": now.isoformat(), "decision_before": before.get("decision")}
@@ -80,6 +77,32 @@ def to_fallback(row: RolloutRow, *, actor: str, enqueue: Enqueue | None,
         log.warning("rerouted %d waiting %s messages to the fallback; %d do not fit it",
                     len(moved), row.provider, unfit)
     return Rerouted(len(moved), unfit, not_enqueued)
+
+
+def plan(row: RolloutRow, *, limit: int = BATCH) -> Rerouted:
+    """What ``to_fallback`` would move now (up to ``limit``) and what does not fit; it
+    reads the same messages and writes, enqueues nothing (``rollout rollback --dry-run``)."""
+    chosen = _choose(row, limit)
+    if chosen is None:
+        return Rerouted()
+    _via, fitting, unfit = chosen
+    return Rerouted(len(fitting), unfit)
+
+
+def _choose(row: RolloutRow, limit: int) -> tuple[AccountRef, list[Waiting], int] | None:
+    """The fallback, the waiting messages that would move to it (oldest first) and how
+    many do not fit it; None when nothing can move (no usable fallback)."""
+    if fallback_problem(row) is not None:
+        return None
+    via = row.fallback_account
+    assert via is not None
+    fitting, unfit = [], 0
+    for waiting in rollouts.movable(row.provider, limit=limit):
+        if _fits(waiting.payload, via.provider):
+            fitting.append(waiting)
+        else:
+            unfit += 1
+    return via, fitting, unfit
 
 
 def _fits(payload: str | None, provider: str) -> bool:

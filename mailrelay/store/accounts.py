@@ -50,6 +50,14 @@ def insert_row(row: dict[str, Any]) -> int:
     return int(inserted[0]) if inserted else 0
 
 
+def check_free(address: str) -> None:
+    """``AccountExists`` if ``address`` (normalized) is taken, as ``insert_row`` would say."""
+    with db_errors(), get_engine().connect() as conn:
+        taken = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).first()
+    if taken is not None:
+        raise AccountExists(f"an account for {address} exists already")
+
+
 def row_of(address: str) -> Row[Any]:
     """The account's whole row, secrets still encrypted."""
     with db_errors(), get_engine().connect() as conn:
@@ -127,9 +135,10 @@ def resume_parked(account_id: int, code: str) -> list[tuple[str, str]]:
     return [(row.id, row.provider) for row in rows]
 
 
-def remove(address: str, *, force: bool = False) -> tuple[str, int]:
+def remove(address: str, *, force: bool = False, preview: bool = False) -> tuple[str, int]:
     """Delete an account without messages; with messages, ``force`` disables it and erases
-    its secrets (the history stays). Returns what was done and the account's id."""
+    its secrets (the history stays). Returns what was done (with ``preview``: what would be,
+    nothing written) and the account's id."""
     address = normalize_address(address)
     with db_errors(), get_engine().begin() as conn:
         row = conn.execute(select(accounts.c.id).where(accounts.c.address == address)).first()
@@ -138,33 +147,39 @@ def remove(address: str, *, force: bool = False) -> tuple[str, int]:
         used = conn.execute(select(func.count()).select_from(MESSAGES)
                             .where(MESSAGES.c.account_id == row.id)).scalar()
         if not used:
-            conn.execute(delete(accounts).where(accounts.c.id == row.id))
+            if not preview:
+                conn.execute(delete(accounts).where(accounts.c.id == row.id))
             done = "removed"
         elif not force:
             raise AccountExists(f"{address} has {used} messages; --force disables it and erases "
                                 "its secrets, keeping the history")
         else:
-            conn.execute(update(accounts).where(accounts.c.id == row.id).values(
-                state="disabled", client_secret_enc=None, refresh_token_enc=None,
-                updated_at=utcnow()))
+            if not preview:
+                conn.execute(update(accounts).where(accounts.c.id == row.id).values(
+                    state="disabled", client_secret_enc=None, refresh_token_enc=None,
+                    updated_at=utcnow()))
             done = "disabled"
     return done, int(row.id)
 
 
-def reencrypt_all(reencrypt: Callable[[bytes], bytes]) -> int:
-    """Pass every stored secret through ``reencrypt`` in one transaction; the count.
+def reencrypt_all(reencrypt: Callable[[bytes], bytes], *, preview: bool = False) -> int:
+    """Pass every stored secret through ``reencrypt`` in one transaction; the count. With
+    ``preview`` each is re-encrypted in memory only (proving every one readable), and
+    nothing is locked or written.
 
     The rows are locked as they are read: a token refresh storing a rotated refresh token
     meanwhile waits, then writes over the re-encrypted row, instead of being overwritten
     by the re-encryption of the token it replaced."""
     count = 0
     with db_errors(), get_engine().begin() as conn:
-        rows = conn.execute(select(accounts.c.id, *(accounts.c[name] for name in SECRET_COLUMNS))
-                            .with_for_update()).all()
+        query = select(accounts.c.id, *(accounts.c[name] for name in SECRET_COLUMNS))
+        rows = conn.execute(query if preview else query.with_for_update()).all()
         for row in rows:
             values = {name: reencrypt(row._mapping[name]) for name in SECRET_COLUMNS
                       if row._mapping[name]}
-            if values:
+            if values and preview:
+                count += len(values)
+            elif values:
                 conn.execute(update(accounts).where(accounts.c.id == row.id).values(values))
                 count += len(values)
     return count
@@ -221,8 +236,10 @@ UNSET: Any = object()
 
 
 def configure(address: str, *, rate_limit_per_minute: int | None = UNSET,
-              html_policy: str | None = UNSET) -> dict[str, Any]:
-    """Per-account settings; None goes back to the default, UNSET leaves one as it is."""
+              html_policy: str | None = UNSET, preview: bool = False) -> dict[str, Any]:
+    """Per-account settings; None goes back to the default, UNSET leaves one as it is.
+    Returns the account as it is after, or with ``preview`` as it would be (nothing
+    written; the same checks and ``AccountNotFound``)."""
     values: dict[str, Any] = {}
     if rate_limit_per_minute is not UNSET:
         values["rate_limit_per_minute"] = rate_limit_per_minute
@@ -230,6 +247,8 @@ def configure(address: str, *, rate_limit_per_minute: int | None = UNSET,
         if html_policy not in (None, "off", "sanitize"):
             raise ValueError(f"unknown HTML policy {html_policy!r}")
         values["html_policy"] = html_policy
+    if preview:
+        return {**health(address), **values}
     with db_errors(), get_engine().begin() as conn:
         done = conn.execute(update(accounts).where(accounts.c.address == address.lower())
                             .values(updated_at=utcnow(), **values)).rowcount

@@ -45,3 +45,18 @@ def head() -> str | None:
 def revisions() -> list[str]:
     """Every revision this version knows, oldest first."""
     return [script.revision for script in reversed(list(_scripts().walk_revisions()))]
+
+
+def pending(url: str, revision: str = "head") -> tuple[str | None, list[str]]:
+    """The database's revision and the migrations ``upgrade(url, revision)`` would apply,
+    oldest first; nothing applied. Alembic resolves ``revision`` as the upgrade does: an
+    unknown one raises ``CommandError``, one at or below the database's applies nothing."""
+    from alembic.script.revision import RevisionError
+    from alembic.util.exc import CommandError
+
+    found = current(url)
+    try:
+        steps = list(_scripts().iterate_revisions(revision, found, implicit_base=True))
+    except RevisionError as err:  # what alembic's upgrade raises as a CommandError
+        raise CommandError(str(err)) from err
+    return found, [script.revision for script in reversed(steps)]

@@ -149,3 +149,14 @@ def record_run(*, operator: str, reason: str, code: str | None = None,
     with db_errors(), get_engine().begin() as conn:
         _audit(conn, None, operator, "replay_run", now=now or utcnow(), code=code, reason=reason)
 
+
+
+def states_by_request(request_ids: Sequence[str]) -> dict[str, str]:
+    """The state of each message intake stored for these Celery task ids (a producer's
+    handle on what it sent); ids intake has not stored yet are absent."""
+    if not request_ids:
+        return {}
+    with db_errors(), get_engine().connect() as conn:
+        rows = conn.execute(select(_m.request_id, _m.state)
+                            .where(_m.request_id.in_(list(request_ids)))).all()
+    return {row.request_id: row.state for row in rows}

@@ -115,6 +115,13 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                              "{tmp}/absent.json"), ("missing-file",)),
     "scenarios run": (("scenarios", "run", "backlog", "--stack", "{tmp}/absent.json"),
                       ("missing-file",)),
+    "drill run": (("drill", "run", "revoked-grant", "--stack", "{tmp}/absent.json"),
+                  ("missing-file",)),
+    "queues list": (("queues", "list"), ("broker-closed", "redis-closed")),
+    "queues pause": (("queues", "pause", "sink", "--reason", "r"), ("broker-closed",)),
+    "queues resume": (("queues", "resume", "sink"), ("redis-closed", "redis-login")),
+    "reconcile": (("reconcile",), (*DATABASE, "broker-closed")),
+    "reconcile --dry-run": (("reconcile", "--dry-run"), DATABASE),
 }
 # Commands that touch no service of the installation, or bring their own.
 EXEMPT = {
@@ -122,6 +129,7 @@ EXEMPT = {
     "demo": "starts its own SQLite outbox, Redis (if none answers), emulator and workers",
     "bench": "starts its own outbox, emulator and workers for the run",
     "scenarios list": "prints the catalogue; touches nothing",
+    "drill list": "prints the catalogue; touches nothing",
 }
 CASES = [(name, failure) for name, (_, failures) in COMMANDS.items() for failure in failures]
 

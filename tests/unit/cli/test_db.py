@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +47,41 @@ def test_an_unknown_revision_is_a_usage_error_listing_the_known_ones(sqlite_url:
     assert result.stderr.startswith("mailrelay: cannot upgrade to 'bogus'")
     assert all(revision in result.stderr for revision in migrate.revisions())
     assert json.loads(run("db", "current", "--json").stdout)["database"] is None
+
+
+def _tables(url: str) -> list[str]:
+    with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+        return sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master"))
+
+
+def test_upgrade_dry_run_lists_the_migrations_it_would_apply_and_applies_none(
+        sqlite_url: str) -> None:
+    known = migrate.revisions()
+    assert run("db", "upgrade", known[0]).exit_code == 0
+    schema = _tables(sqlite_url)
+    result = run("db", "upgrade", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (f"database at revision {known[0]}; would apply "
+                             f"{', '.join(known[1:])} (dry run: nothing applied)\n")
+    result = run("db", "upgrade", known[2], "--dry-run", "--json")
+    assert json.loads(result.stdout) == {"database_url": sqlite_url, "database": known[0],
+                                         "newest": migrate.head(),
+                                         "would_apply": known[1:3], "dry_run": True}
+    assert _tables(sqlite_url) == schema
+    assert json.loads(run("db", "current", "--json").stdout)["database"] == known[0]
+    # What it said is what the real upgrade does.
+    assert json.loads(run("db", "upgrade", known[2], "--json").stdout)["database"] == known[2]
+    assert _tables(sqlite_url) != schema
+    assert run("db", "upgrade", known[0], "--dry-run").stdout.endswith(
+        "nothing to apply (dry run: nothing applied)\n")  # below the database: a no-op
+
+
+@pytest.mark.parametrize("target", ["bogus", "0001", "head"])
+def test_upgrade_dry_run_exits_as_the_real_upgrade(sqlite_url: str, target: str) -> None:
+    assert run("db", "upgrade", "0002").exit_code == 0
+    schema = _tables(sqlite_url)
+    dry = run("db", "upgrade", target, "--dry-run")
+    assert _tables(sqlite_url) == schema
+    real = run("db", "upgrade", target)
+    assert dry.exit_code == real.exit_code == (2 if target == "bogus" else 0)
+    assert dry.stderr == real.stderr

@@ -264,6 +264,67 @@ def test_beat_starts_keeps_its_schedule_file_and_stops_on_sigterm(tmp_path: Path
     assert f"db -> {target}" in text and "[stderr]@%INFO" in text
 
 
+# --- --dry-run: the settings checked, the arguments shown, nothing started ----------------------
+
+def test_flower_dry_run_prints_the_arguments_never_the_password_and_starts_nothing(
+        setenv: Callable[..., None], started: list[dict[str, Any]]) -> None:
+    setenv(MAILRELAY_FLOWER_AUTH=AUTH, MAILRELAY_FLOWER_PORT="5603")
+    result = CliRunner().invoke(cli, ["flower", "--dry-run", "--loglevel", "debug"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "celery -A mailrelay.celery_app flower --port=5603 --address=127.0.0.1 "
+        f"--conf={flower_config.PATH} --logging=debug")
+    assert PASSWORD not in result.output and "ops" not in result.output
+    assert started == []
+
+
+@pytest.mark.parametrize("raw", ["", "ops-without-colon-pw"])
+def test_flower_dry_run_refuses_a_missing_login_as_the_real_start(
+        raw: str, setenv: Callable[..., None], started: list[dict[str, Any]]) -> None:
+    setenv(MAILRELAY_FLOWER_AUTH=raw)
+    dry = CliRunner().invoke(cli, ["flower", "--dry-run"])
+    real = CliRunner().invoke(cli, ["flower"])
+    assert dry.exit_code == real.exit_code == CONFIG
+    assert dry.output == real.output and "without-colon-pw" not in dry.output
+    assert started == []
+
+
+def test_beat_dry_run_prints_the_arguments_and_schedule_and_creates_nothing(
+        tmp_path: Path, setenv: Callable[..., None], started: list[dict[str, Any]]) -> None:
+    setenv(MAILRELAY_LOG_LEVEL="warning")
+    target = tmp_path / "state" / "beat-schedule"
+    result = CliRunner().invoke(cli, ["beat", "--schedule-file", str(target), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == (f"celery -A mailrelay.celery_app beat --schedule={target} "
+                        "--loglevel=warning")
+    assert "  reconcile-outbox: mailrelay.reconcile every 15.0 s" in lines
+    assert started == [] and not target.parent.exists()
+
+
+@pytest.mark.parametrize("case", ["schedule directory is a file", "bad setting"])
+def test_beat_dry_run_fails_as_the_real_start(
+        case: str, tmp_path: Path, setenv: Callable[..., None],
+        started: list[dict[str, Any]]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    target = tmp_path / "state" / "schedule"
+    if case == "bad setting":
+        setenv(MAILRELAY_METRICS_PORT="not-a-port")
+    else:
+        target = blocker / "schedule"
+    dry = CliRunner().invoke(cli, ["beat", "--schedule-file", str(target), "--dry-run"])
+    assert not (tmp_path / "state").exists()
+    real = CliRunner().invoke(cli, ["beat", "--schedule-file", str(target)])
+    if case == "bad setting":  # a ConfigError: the one edge (run_guarded) makes it 78
+        assert type(dry.exception) is type(real.exception) is ConfigError
+        assert str(dry.exception) == str(real.exception)
+    else:
+        assert dry.exit_code == real.exit_code == 73, (dry.output, real.output)
+        assert "cannot create the directory of --schedule-file" in dry.output
+    assert started == []
+
+
 # --- help ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("command", "needles"), [

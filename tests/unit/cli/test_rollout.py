@@ -15,6 +15,7 @@ from mailrelay.intake import take_in
 from mailrelay.rollout import gate
 from mailrelay.rollout.bucket import bucket
 from mailrelay.store import outbox, rollouts
+from tests.unit.cli.conftest import snapshot
 
 RELAY = "relay@example.net"
 SENDERS = [f"user{i}@example.com" for i in range(12)]
@@ -186,3 +187,102 @@ def test_evaluate_without_prometheus_holds_and_dry_run_writes_nothing(setup: Non
     assert (status["version"], status["query_errors"], status["last_decision"]["decision"]) == (
         2, 1, "hold")
     assert status["last_evaluated_at"]
+
+
+# --- --dry-run: the real command's checks and exit codes, nothing written -------------------
+
+VOLATILE = ("dry_run", "version", "step_started_at", "last_decision", "salt")
+
+
+def _same(dry: dict[str, Any], real: dict[str, Any]) -> None:
+    """A dry run's object is the real one's, but for what only writing decides."""
+    assert dry["dry_run"] is True
+    assert ({k: v for k, v in dry.items() if k not in VOLATILE}
+            == {k: v for k, v in real.items() if k not in VOLATILE})
+
+
+def _both(*args: str) -> Result:
+    """A dry run, after checking the real command exits with the same code and words."""
+    dry, real = run(*args, "--dry-run"), run(*args)
+    assert dry.exit_code == real.exit_code, (dry.output, real.output)
+    assert dry.output == real.output
+    return dry
+
+
+def test_set_dry_run_prints_the_rollout_it_would_create_or_change(setup: None) -> None:
+    before = snapshot()
+    [would] = ok("set", "sink", "--percent", "25", "--fallback", RELAY, "--internal-domains",
+                 "Example.ORG", "--reason", "start", "--dry-run")
+    assert snapshot() == before and rollouts.get("sink") is None
+    [created] = ok("set", "sink", "--percent", "25", "--fallback", RELAY, "--internal-domains",
+                   "Example.ORG", "--reason", "start")
+    _same(would, created)
+    before = snapshot()
+    [would] = ok("set", "sink", "--percent", "50", "--internal-domains", "none", "--fallback",
+                 "none", "--dwell", "60", "--reason", "more", "--dry-run")
+    assert (would["percent"], would["internal_domains"], would["fallback"]) == (50, [], None)
+    assert snapshot() == before
+    [changed] = ok("set", "sink", "--percent", "50", "--internal-domains", "none", "--fallback",
+                   "none", "--dwell", "60", "--reason", "more")
+    _same(would, changed)
+
+
+@pytest.mark.parametrize("args", [
+    ["--fallback", "nobody@example.com"],  # 2: no such account
+    ["--percent", "101"],  # 2
+    ["--ladder", "5,1"],  # 2
+    [],  # 1: nothing to change
+])
+def test_set_dry_run_refuses_what_set_refuses(setup: None, args: list[str]) -> None:
+    ok("set", "sink", "--percent", "25", "--reason", "start")
+    before = snapshot()
+    assert _both("set", "sink", *args, "--reason", "r").exit_code in (1, 2)
+    assert snapshot() == before
+
+
+def test_pause_resume_remove_dry_runs_change_nothing_and_fail_as_the_real_ones(
+        setup: None) -> None:
+    ok("set", "sink", "--percent", "25", "--fallback", RELAY, "--reason", "start")
+    before = snapshot()
+    # Refusals: the same code and the same words as the real command.
+    assert "only a paused or aborted one resumes" in _both("resume", "sink", "--reason", "x").output
+    assert _both("pause", "gmail", "--reason", "x").exit_code == 3
+    assert _both("pause", "sink").exit_code == 2  # --reason stays required
+    assert _both("pause", "sink", "--reason", "  ").exit_code == 2
+    assert _both("remove", "gmail", "--reason", "x", "--yes").exit_code == 3
+    assert snapshot() == before
+    assert run("remove", "sink", "--reason", "x", "--dry-run").exit_code == 2  # no --yes, no tty
+    assert ok("pause", "sink", "--reason", "freeze", "--dry-run") == {
+        "provider": "sink", "state": "paused", "percent": 25, "dry_run": True}
+    words = run("pause", "sink", "--reason", "freeze", "--dry-run").output
+    assert words == "would be sink: paused at 25% (dry run; nothing changed)\n"
+    assert ok("remove", "sink", "--reason", "done", "--yes", "--dry-run") == {
+        "provider": "sink", "state": "removed", "percent": 25, "dry_run": True}
+    assert snapshot() == before
+    assert ok("status", "sink")[0]["state"] == "running"
+    # Paused for real, resume previews what the real resume then does.
+    ok("pause", "sink", "--reason", "freeze")
+    assert _both("pause", "sink", "--reason", "x").exit_code == 1  # paused already
+    before = snapshot()
+    would = ok("resume", "sink", "--reason", "go", "--dry-run")
+    assert snapshot() == before
+    _same(would, ok("resume", "sink", "--reason", "go"))
+
+
+def test_rollback_dry_run_counts_what_would_move_and_moves_nothing(setup: None) -> None:
+    ok("set", "sink", "--percent", "50", "--fallback", RELAY, "--reason", "start")
+    queued = [take_in({"from": address, "to": ["r@example.org"], "subject": "s", "text": "t"},
+                      request_id=None, actor="test") for address in SENDERS]
+    waiting = sum(1 for accepted in queued if accepted.provider == "sink")
+    assert waiting
+    before = snapshot()  # the broker's queues too: a dry run publishes nothing
+    would = ok("rollback", "sink", "--reason", "errors", "--dry-run")
+    assert would == {"provider": "sink", "state": "aborted", "percent": 0, "fallback": RELAY,
+                     "rerouted": waiting, "unfit": 0, "not_enqueued": 0, "dry_run": True}
+    words = run("rollback", "sink", "--reason", "errors", "--dry-run").output
+    assert f"would roll back to 0% (aborted) and move {waiting} waiting messages" in words
+    assert snapshot() == before
+    rolled = ok("rollback", "sink", "--reason", "errors")
+    assert rolled == {k: v for k, v in would.items() if k != "dry_run"}
+    assert snapshot() != before
+    assert _both("rollback", "gmail", "--reason", "x").exit_code == 3

@@ -27,7 +27,7 @@ def test_ca_and_server_certificate(tmp_path: Path) -> None:
     server = x509.load_pem_x509_certificate(files.cert_path.read_bytes())
     server.verify_directly_issued_by(ca)
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert names.get_values_for_type(x509.DNSName) == ["localhost", "emulator"]  # compose's name
     assert set(names.get_values_for_type(x509.IPAddress)) == {
         ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")}
     eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
