@@ -17,12 +17,11 @@ restores what it changed. Exit 0 when all three happened within ``--timeout``, 1
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ import requests
 
 from mailrelay.cli.exits import FAILED, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
-from mailrelay.cli.scenarios import STACK_SETTINGS, load_stack, stack_option
+from mailrelay.cli.scenarios import STACK_SETTINGS, load_stack, sending_endpoint, stack_option
 
 # Final states: a drill message in any other is still on its way.
 _FINAL = {"sent", "failed", "rejected"}
@@ -110,9 +109,6 @@ class Drill:
     messages: int = 6
 
 
-_SEND_ENDPOINT = {"gmail": "gmail.send", "microsoft": "graph.sendmail"}
-
-
 def _revoke(run: Run) -> None:
     run.emulator.revoke(email=run.sender)
     run.emulator.expire_tokens(run.sender)  # or a cached access token hides the revocation
@@ -129,7 +125,7 @@ def _reconnected(run: Run) -> bool:
 
 def _throttle(run: Run) -> None:
     run.restore["rate_limit_per_minute"] = run.account().rate_limit_per_minute
-    run.emulator.inject(endpoint=_SEND_ENDPOINT[run.provider], status=429, retry_after=5,
+    run.emulator.inject(endpoint=sending_endpoint(run.provider), status=429, retry_after=5,
                         probability=0.6)
     run.send(run.messages)
 
@@ -178,14 +174,6 @@ def find(name: str) -> Drill:
     raise Exit(f"no drill {name!r}; drills: {', '.join(d.name for d in CATALOG)}", USAGE)
 
 
-@contextlib.contextmanager
-def _undone(drill: Drill, run: Run) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        drill.undo(run)
-
-
 def score(drill: Drill, run: Run, *, timeout: float, poll: float,
           say: Callable[[str], None]) -> dict[str, Any]:
     """Start the drill, then watch for detected, mitigated and verified; the score."""
@@ -197,7 +185,7 @@ def score(drill: Drill, run: Run, *, timeout: float, poll: float,
         moments[what] = round(time.monotonic() - started, 1)
         say(f"[{moments[what]:6.1f}s] {what}: {words}")
 
-    with _undone(drill, run):
+    try:
         drill.start(run)
         say(f"[{0.0:6.1f}s] started: {drill.summary}; {len(run.requests)} messages sent")
         while time.monotonic() - started < timeout:
@@ -213,6 +201,8 @@ def score(drill: Drill, run: Run, *, timeout: float, poll: float,
                 mark("verified", f"every drill message sent, {drill.alert} quiet")
                 break
             time.sleep(poll)
+    finally:
+        drill.undo(run)  # Ctrl-C included
     return {"drill": drill.name, "provider": drill.provider, "alert": drill.alert,
             "runbook": drill.runbook, "messages": len(run.requests),
             "states": dict(run.states()), **moments,

@@ -94,7 +94,7 @@ class Scenario:
     pause: tuple[str, ...] = ()
 
 
-def _sending_endpoint(provider: str) -> str:
+def sending_endpoint(provider: str) -> str:
     return {"gmail": "gmail.send", "microsoft": "graph.sendmail"}.get(provider, "gmail.send")
 
 
@@ -135,7 +135,7 @@ def _rollout_state(ctx: Context) -> dict[str, Any]:
 
 
 def catalog(provider: str = "gmail") -> list[Scenario]:
-    send, token = _sending_endpoint(provider), _token_endpoint(provider)
+    send, token = sending_endpoint(provider), _token_endpoint(provider)
     return [
         Scenario("error-rate-warning", "3% of sends refused by the provider (400)",
                  (("MailrelayProviderErrorRatio", "warning"),),
