@@ -170,7 +170,30 @@ def _settle_wait(claim: Claim) -> float:
     return max(0.0, (settled - (claim.db_now or outbox.utcnow())).total_seconds())
 
 
+class ProviderClock:
+    """Milliseconds spent inside the provider's requests, over every block it times
+    (an exception out of the block counts its time too)."""
+
+    def __init__(self) -> None:
+        self.ms: float | None = None
+        self._since = 0.0
+
+    def __enter__(self) -> None:
+        self._since = time.perf_counter()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.ms = (self.ms or 0.0) + (time.perf_counter() - self._since) * 1000
+
+
 def _attempt(claim: Claim) -> Outcome | Limited:
+    clock = ProviderClock()
+    result = _attempt_timed(claim, clock)
+    if isinstance(result, Outcome) and clock.ms is not None:
+        result = dataclasses.replace(result, provider_ms=round(clock.ms, 3))
+    return result
+
+
+def _attempt_timed(claim: Claim, clock: ProviderClock) -> Outcome | Limited:
     # True while an earlier attempt may have reached the provider and nobody has asked it
     # yet: every outcome short of that answer keeps the flag, so no later attempt resends
     # blindly.
@@ -189,7 +212,7 @@ def _attempt(claim: Claim) -> Outcome | Limited:
         wait = _rate_wait(adapter, claim, account)
         if wait:
             return Limited(wait)
-        with _slot(adapter, account):
+        with _slot(adapter, account), clock:
             if unsettled:
                 if adapter.capabilities.can_verify:
                     found = _find_sent(adapter, out, tokens)

@@ -1,141 +1,106 @@
-"""`mailrelay bench`: delivery throughput against a bare Celery task, as a table of ratios,
-and intake throughput (validate, policy, rollout gate, one insert) in this process.
+"""`mailrelay bench`: what a team asks before adopting mailrelay, measured in one run.
 
-Both sides run on one worker with the same pool and concurrency and make the same
-provider call: the sink adapter (MIME build, one insert, MAILRELAY_SINK_LATENCY_MS of
-waiting), or the Gmail adapter's HTTPS call to the emulator. The difference is what
-mailrelay adds: the claim and finish transactions, the token cache, attempt and audit
-rows. Rounds alternate between the two sides and the median is reported, because shared
-machines are noisy. ``--rollout`` sets a rollout on the provider at 100% first, so that
-every intake goes through the gate (the sender's bucket computed, the route recorded).
+- **Throughput ratio**: `mailrelay.deliver` against a bare Celery task that makes the
+  same provider call (the sink adapter's insert, or the Gmail adapter's HTTPS request to
+  the emulator with a fixed token) on the same worker, pool and concurrency, at a
+  provider latency of ``--latency-ms`` (the sink's wait, or the emulator's). Each side's
+  round starts from a full queue: the worker's consumer is cancelled, the tasks are
+  queued, and the round is timed from adding the consumer back to the last task done.
+- **Intake rate**: producer processes (bench_producers) publish ``mailrelay.send`` as a
+  producer service would; timed until every message is validated, stored and routed to
+  its provider's queue, through a worker of the intake profile. Those messages are the
+  ones the next delivery round sends.
+- **Overhead per send**: each attempt's span from claim to finish less the time spent
+  in the provider's requests (``attempts.provider_ms``), p50 and p99.
+- **CPU per send**: the CPU of the worker's process tree, PostgreSQL (the postmaster's
+  tree) and Redis over a round, from /proc, per message, for each side.
+- **Token herd** (gmail): the emulator expires every access token, then ``--herd``
+  deliveries of one account start at once; the token requests the emulator saw.
+- **Memory**: the largest resident set of a worker process at the end of the run.
+
+Rounds alternate between the sides and medians count, because shared machines are
+noisy; ratios compare like with like within one run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import statistics
 import sys
 import tempfile
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
-from mailrelay.cli.output import emit_json, json_option, table
-
-SENDERS = {"sink": "bench-sink@example.com", "gmail": "bench-gmail@example.com"}
-CLIENT_ID, CLIENT_SECRET = "bench-client", "bench-secret"  # the emulator's only
-
-
-def _message(provider: str, i: int) -> dict[str, Any]:
-    return {"from": SENDERS[provider], "to": [f"rcpt{i}@example.org"], "subject": f"bench {i}",
-            "text": "Benchmark message body.\n" * 20, "html": "<p>Benchmark message body.</p>" * 20}
-
-
-def _count(sql: str) -> int:
-    from sqlalchemy import text
-
-    from mailrelay.store.db import get_engine
-
-    with get_engine().connect() as conn:
-        return int(conn.execute(text(sql)).scalar() or 0)
-
-
-def _wait(count: Callable[[], int], target: int, timeout: float = 600) -> float:
-    deadline = time.monotonic() + timeout
-    while count() < target:
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"benchmark stalled below {target}")
-        time.sleep(0.02)
-    return time.monotonic()
-
-
-class Bench:
-    def __init__(self, provider: str, emulator: Any = None, token: str = "") -> None:
-        self.provider, self.emulator, self.token = provider, emulator, token
-
-    def delivered(self) -> int:
-        if self.provider == "sink":
-            return _count("SELECT count(*) FROM sink_deliveries")
-        return int(self.emulator.stats()["requests"].get("gmail.send", 0))
-
-    def bare(self, n: int) -> float:
-        from mailrelay.celery_app import app
-        from mailrelay.providers import queue_for
-        from mailrelay.tasks.bench import BENCH_TASK
-
-        before = self.delivered()
-        start = time.monotonic()
-        for i in range(n):
-            mid = str(uuid.uuid4())
-            app.send_task(BENCH_TASK, kwargs={
-                "message_id": mid, "rfc822_message_id": f"<{uuid.UUID(mid).hex}@example.com>",
-                "payload": _message(self.provider, i), "provider": self.provider,
-                "access_token": self.token}, queue=queue_for(self.provider))
-        return n / (_wait(self.delivered, before + n) - start)
-
-    def mailrelay(self, n: int) -> tuple[float, float]:
-        """(intake per second, delivery per second) for ``n`` messages."""
-        from mailrelay.intake import take_in
-        from mailrelay.tasks.routing import enqueue_delivery
-
-        start = time.monotonic()
-        ids = [take_in(_message(self.provider, i), request_id=None, actor="bench").result.message_id
-               for i in range(n)]
-        intake = n / (time.monotonic() - start)
-        sent = "SELECT count(*) FROM messages WHERE state = 'sent'"
-        before = _count(sent)
-        start = time.monotonic()
-        for mid in ids:
-            enqueue_delivery(mid, self.provider)
-        return intake, n / (_wait(lambda: _count(sent), before + n) - start)
-
-
-def _prepare_gmail(stack: Any) -> tuple[Any, str]:
-    from mailrelay.auth import accounts
-    from mailrelay.config import get_settings
-    from mailrelay.devstack import emulator_account, emulator_env
-    from mailrelay.emulator.client import EmulatorClient
-    from mailrelay.providers.gmail import GmailAdapter
-
-    url, bundle = stack.start_emulator()
-    os.environ.update(emulator_env(url, bundle))
-    get_settings.cache_clear()
-    emulator = EmulatorClient(url, verify=bundle)
-    emulator_account(emulator, "gmail", SENDERS["gmail"], client_id=CLIENT_ID,
-                     client_secret=CLIENT_SECRET)
-    # Throughput, not Gmail's per-user rate (150/min), is measured: the highest override
-    # keeps the bucket's Redis call in every send without it ever holding one back.
-    accounts.configure(SENDERS["gmail"], rate_limit_per_minute=100_000)
-    token = GmailAdapter().refresh(accounts.credentials(SENDERS["gmail"])).access_token
-    return emulator, token
+from mailrelay.cli import bench_proc
+from mailrelay.cli.bench_producers import Producers
+from mailrelay.cli.bench_report import Round, Sample, median_cpu, median_parts, print_table, targets
+from mailrelay.cli.bench_rig import SENDERS, Provider, Rig, prepare_gmail, services, unfinished
+from mailrelay.cli.output import emit_json, json_option
 
 
 @click.command("bench")
 @click.option("--provider", type=click.Choice(["sink", "gmail"]), default="gmail", show_default=True,
-              help="gmail: HTTPS calls to the emulator; sink: a local insert (plus --latency-ms).")
+              help="gmail: HTTPS calls to the emulator; sink: a local insert.")
 @click.option("--messages", default=300, show_default=True, help="Messages per round and side.")
 @click.option("--rounds", default=3, show_default=True, help="Rounds per side; the median counts.")
-@click.option("--concurrency", default=8, show_default=True, help="Worker processes (prefork).")
-@click.option("--latency-ms", default="0", show_default=True,
-              help="Comma-separated simulated provider latencies (sink only).")
+@click.option("--concurrency", default=8, show_default=True, help="Delivery worker processes.")
+@click.option("--latency-ms", default="50", show_default=True,
+              help="Provider latency, comma-separated for several (the first is the headline).")
+@click.option("--producers", default=2, show_default=True, help="Producer processes for intake.")
+@click.option("--intake-concurrency", type=int, help="Intake worker processes (default: the profile's).")
+@click.option("--herd", default=100, show_default=True,
+              help="Deliveries meeting an expired token at once (gmail; 0 skips it).")
 @click.option("--database-url", help="Outbox for the run (default: a fresh SQLite file). "
                                      "PostgreSQL gives the production picture.")
 @click.option("--rollout", is_flag=True,
               help="Set a rollout on the provider at 100% first: every intake goes through the gate.")
 @json_option
 def command(provider: str, messages: int, rounds: int, concurrency: int, latency_ms: str,
-            database_url: str | None, rollout: bool, as_json: bool) -> None:
-    """Print delivery throughput of mailrelay.deliver vs a bare task, with the ratio, and
-    intake throughput."""
-    from mailrelay.auth.crypto import new_key
-    from mailrelay.devstack import Stack
-
+            producers: int, intake_concurrency: int | None, herd: int, database_url: str | None,
+            rollout: bool, as_json: bool) -> None:
+    """Measure intake rate, delivery throughput against a bare Celery task, overhead and CPU
+    per send, the token herd and worker memory, in one run."""
+    try:
+        latencies = [int(x) for x in latency_ms.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter("comma-separated whole milliseconds", param_hint="--latency-ms") from None
+    if not latencies or min(latencies) < 0 or min(messages, rounds, concurrency, producers) < 1:
+        raise click.UsageError("--latency-ms, --messages, --rounds, --concurrency and --producers "
+                               "must be positive")
     workdir = Path(tempfile.mkdtemp(prefix="mailrelay-bench-"))
+    _configure(database_url, workdir)
+    from mailrelay.config import get_settings
+
+    with _stack(workdir) as stack:
+        kind = prepare_gmail(stack) if provider == "gmail" else Provider("sink")
+        if rollout:
+            _set_rollout(provider)
+        result = _run(stack, kind, latencies, messages=messages, rounds=rounds,
+                      concurrency=concurrency, producers=producers,
+                      intake_concurrency=intake_concurrency, herd=herd if provider == "gmail" else 0)
+    result["settings"] = {
+        "provider": provider, "database": get_settings().database_url.split(":")[0].split("+")[0],
+        "broker": get_settings().broker_url.split(":")[0], "latency_ms": latencies,
+        "messages": messages, "rounds": rounds, "concurrency": concurrency,
+        "producers": producers, "intake_concurrency": intake_concurrency or _intake_default(),
+        "herd": herd if provider == "gmail" else 0, "rollout": rollout,
+        "cpus": os.cpu_count()}
+    if as_json:
+        emit_json(result)
+    else:
+        print_table(result)
+    click.echo(json.dumps({"workdir": str(workdir)}), err=True)
+
+
+def _configure(database_url: str | None, workdir: Path) -> None:
+    from mailrelay.auth.crypto import new_key
+
     os.environ["MAILRELAY_DATABASE_URL"] = database_url or f"sqlite:///{workdir / 'bench.db'}"
     os.environ.setdefault("MAILRELAY_SECRET_KEY", new_key())
     from mailrelay.auth import accounts
@@ -144,25 +109,121 @@ def command(provider: str, messages: int, rounds: int, concurrency: int, latency
 
     get_settings.cache_clear()
     migrate.upgrade(get_settings().database_url)
+    if unfinished():
+        raise click.ClickException("the outbox has unfinished messages: the benchmark needs "
+                                   "an outbox of its own (--database-url)")
     if SENDERS["sink"] not in {a["address"] for a in accounts.list_all()}:
         accounts.add("sink", SENDERS["sink"])
-    latencies = [int(x) for x in latency_ms.split(",") if x.strip()] if provider == "sink" else [0]
-    results = []
-    services = Stack(workdir)
+
+
+@contextlib.contextmanager
+def _stack(workdir: Path) -> Iterator[Any]:
+    from mailrelay.devstack import Stack
+
+    stack = Stack(workdir)
     try:
-        bench = Bench(provider, *(_prepare_gmail(services) if provider == "gmail" else ()))
-        if rollout:
-            _set_rollout(provider)
-        for latency in latencies:
-            results.append(_measure(bench, workdir, latency, messages, rounds, concurrency))
+        yield stack
     finally:
-        services.stop()
-    if as_json:
-        emit_json(results)
-    else:
-        backend = get_settings().database_url.split(":")[0]
-        table(results, list(results[0]), title=f"deliver vs bare task ({provider}, {backend})")
-    click.echo(json.dumps({"workdir": str(workdir)}), err=True)
+        stack.stop()
+
+
+def _intake_default() -> int:
+    import workers
+
+    return int(workers.load("intake").concurrency)
+
+
+def _run(stack: Any, provider: Provider, latencies: list[int], *, messages: int, rounds: int,
+         concurrency: int, producers: int, intake_concurrency: int | None,
+         herd: int) -> dict[str, Any]:
+    service_pids = services()
+    intake = stack.start_worker("intake", concurrency=intake_concurrency)
+    _wait_ready(stack, "worker-intake", f"intake@{socket.gethostname()}")
+    pool = Producers(get_settings_broker(), producers)
+    samples: list[Sample] = []
+    intake_rounds: list[Round] = []
+    intake_bare: list[Round] = []
+    rss: list[float] = []
+    herd_result: tuple[int, int] | None = None
+    try:
+        for latency in latencies:
+            env = provider.set_latency(latency)
+            name = f"bench-{latency}@{socket.gethostname()}"
+            worker = stack.start(f"worker-{provider.name}-{latency}", [
+                sys.executable, "-m", "celery", "-A", "mailrelay.celery_app", "worker", "-Q",
+                provider.queue, "-P", "prefork", "-c", str(concurrency),
+                "--prefetch-multiplier", "1", "-l", "warning", "--without-gossip",
+                "--without-mingle", "-n", name], env=env)
+            _wait_ready(stack, f"worker-{provider.name}-{latency}", name)
+            rig = Rig(provider, worker, name, intake, pool, service_pids)
+            warm = concurrency * 4  # connections, imports, prepared statements, the token
+            rig.bare(warm)
+            rig.take_in_bare(warm)
+            rig.take_in(warm)
+            rig.relay(warm)
+            sample = Sample(latency)
+            for _ in range(rounds):
+                sample.bare.append(rig.bare(messages))
+                intake_bare.append(rig.take_in_bare(messages))
+                intake_rounds.append(rig.take_in(messages))
+                relayed, overheads = rig.relay(messages)
+                sample.relay.append(relayed)
+                sample.overhead_ms.extend(overheads)
+            samples.append(sample)
+            if herd and herd_result is None:
+                herd_result = rig.herd(herd, latency)
+            rss.extend(size for size in (bench_proc.max_rss_mb(worker.pid),
+                                         bench_proc.max_rss_mb(intake.pid)) if size)
+            stack.processes.remove(next(p for p in stack.processes if p[1] is worker))
+            _stop(worker)
+    finally:
+        pool.close()
+    by_latency = [s.summary() for s in samples]
+    head = dict(by_latency[0])
+    head.pop("latency_ms")
+    head["cpu_ms_per_send"]["intake"] = median_cpu(intake_rounds)
+    head["cpu_ms_per_send"]["intake_bare"] = median_cpu(intake_bare)
+    head["cpu_ms_by_process"]["intake"] = median_parts(intake_rounds)
+    head["cpu_ms_by_process"]["intake_bare"] = median_parts(intake_bare)
+    intake_per_s = statistics.median(r.per_s for r in intake_rounds)
+    intake_bare_per_s = statistics.median(r.per_s for r in intake_bare)
+    result: dict[str, Any] = {
+        **head, "intake_per_s": round(intake_per_s, 1),
+        "intake_bare_per_s": round(intake_bare_per_s, 1),
+        "intake_ratio": round(intake_per_s / intake_bare_per_s, 3),
+        "herd_token_requests": herd_result[0] if herd_result else None,
+        "herd_sends": herd_result[1] if herd_result else None,
+        "worker_rss_mb": {"max": round(max(rss), 1) if rss else None},
+        "cpu_counted": ["worker", *service_pids],
+        "by_latency": by_latency,
+    }
+    result["targets"] = targets(result)
+    return result
+
+
+def get_settings_broker() -> str:
+    from mailrelay.config import get_settings
+
+    return get_settings().broker_url
+
+
+def _wait_ready(stack: Any, log_name: str, node: str) -> None:
+    from mailrelay.celery_app import app
+
+    stack.wait_until(log_name, lambda: bool(app.control.ping(destination=[node], timeout=0.5)),
+                     60, "did not answer a ping")
+
+
+def _stop(process: Any) -> None:
+    import signal
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(30)
+    except Exception:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def _set_rollout(provider: str) -> None:
@@ -172,40 +233,3 @@ def _set_rollout(provider: str) -> None:
     if rollouts.get(provider) is None:
         manage.set_rollout(provider, manage.Changes(percent_bp=10_000), actor="bench",
                            reason="mailrelay bench --rollout")
-
-
-def _measure(bench: Bench, workdir: Path, latency: int, messages: int, rounds: int,
-             concurrency: int) -> dict[str, Any]:
-    from mailrelay.devstack import Stack
-
-    stack = Stack(workdir)
-    try:
-        stack.start(f"worker-{bench.provider}-{latency}", [
-            sys.executable, "-m", "celery", "-A", "mailrelay.celery_app", "worker", "-Q",
-            f"mailrelay.{bench.provider}", "-P", "prefork", "-c", str(concurrency),
-            "--prefetch-multiplier", "1", "-l", "warning", "--without-gossip", "--without-mingle",
-            "-n", f"bench-{latency}@%h"], env={"MAILRELAY_SINK_LATENCY_MS": str(latency)})
-        time.sleep(1)
-        bench.bare(concurrency * 2)  # warm-up: connections, imports, the token cache
-        bench.mailrelay(concurrency * 2)
-        bare, relay, intake = [], [], []
-        for _ in range(rounds):
-            bare.append(bench.bare(messages))
-            taken, delivered = bench.mailrelay(messages)
-            relay.append(delivered)
-            intake.append(taken)
-    finally:
-        stack.stop()
-    b, r = statistics.median(bare), statistics.median(relay)
-    return {"provider": bench.provider, "latency_ms": latency if bench.provider == "sink" else "-",
-            "bare_per_s": round(b, 1), "mailrelay_per_s": round(r, 1), "ratio": round(r / b, 3),
-            "target": 0.8, "intake_per_s": round(statistics.median(intake), 1),
-            "rollout": _rollout_percent(bench.provider), "rounds": rounds, "messages": messages,
-            "concurrency": concurrency}
-
-
-def _rollout_percent(provider: str) -> str:
-    from mailrelay.store import rollouts
-
-    row = rollouts.get(provider)
-    return "-" if row is None else f"{row.percent_bp / 100:g}%"

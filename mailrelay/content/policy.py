@@ -62,7 +62,9 @@ def apply(message: Message, account_policy: str | None, settings: Settings | Non
         HTML_SANITIZED.labels(result="changed" if result.changed else "unchanged").inc()
         for kind, count in result.removed.items():
             HTML_REMOVED.labels(kind=kind).inc(count)
-        html, removed = result.html, sum(result.removed.values())
+        removed = sum(result.removed.values())
+        # Unchanged HTML keeps the message itself, and with it the size measured of it.
+        html = html if result.html == html else result.html
     text = message.text
     if html and not text:
         text = html_to_text(html) or None

@@ -100,8 +100,12 @@ class Account(Base):
 class MessageRow(Base):
     __tablename__ = "messages"
     __table_args__ = (
-        # Unique per account; NULL keys (rejected requests, no key given) never collide.
-        UniqueConstraint("account_id", "idempotency_key", name="uq_messages_account_idempotency"),
+        # Unique per account. Partial: most messages carry no key, and leaving them out of
+        # the index spares every state change of theirs one index write (an UPDATE that
+        # changes state is never HOT, so it writes every index the new row belongs in).
+        Index("uq_messages_account_idempotency", "account_id", "idempotency_key", unique=True,
+              postgresql_where=text("idempotency_key IS NOT NULL"),
+              sqlite_where=text("idempotency_key IS NOT NULL")),
         # Partial indexes: only messages still in flight (for the reconciler) and failed ones
         # (for on-call) are indexed by state. A message reaching `sent` leaves them with no
         # index write, which keeps the deliver path's UPDATEs cheap.
@@ -168,7 +172,9 @@ class Attempt(Base):
     __table_args__ = (UniqueConstraint("message_id", "number", name="uq_attempts_message_number"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"), index=True)
+    # Looked up by uq_attempts_message_number, whose first column it is: an index of its
+    # own would only cost every attempt a write.
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"))
     number: Mapped[int] = mapped_column(Integer)
     worker: Mapped[str] = mapped_column(String(200))
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
@@ -178,6 +184,9 @@ class Attempt(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     latency_ms: Mapped[int | None] = mapped_column(Integer)
+    # Time inside the provider's requests: latency_ms (and the claim and finish around it)
+    # less this is what mailrelay added to the send.
+    provider_ms: Mapped[float | None] = mapped_column(Float)
 
 
 class AuditEntry(Base):

@@ -1,4 +1,5 @@
-"""The claim and finish transitions as one prepared statement each, for PostgreSQL.
+"""The hot statements as one prepared statement each, for PostgreSQL: the claim and
+finish transitions of the deliver path, and intake's account lookup and insert.
 
 The portable path in outbox.py sends the state change, the attempt row and the audit row
 as separate statements: with psycopg2's BEGIN and the COMMIT, six round trips per
@@ -16,7 +17,7 @@ from typing import Any
 
 import psycopg2
 from psycopg2.extras import NamedTupleCursor
-from sqlalchemy import PoolProxiedConnection
+from sqlalchemy import PoolProxiedConnection, exc
 
 from mailrelay.errors import TransientInfraError
 from mailrelay.store.db import db_errors, get_autocommit_engine
@@ -73,7 +74,8 @@ FROM claimed
 # (workers: their own clock measures the wait, the database's places it).
 FINISH_SQL = """
 PREPARE mailrelay_finish(text, text, text, text, timestamp, boolean, text, text, timestamp,
-                         boolean, text, text, text, integer, text, text, double precision) AS
+                         boolean, text, text, text, integer, text, text, double precision,
+                         double precision) AS
 WITH clock AS (SELECT CLOCK5 AS now), moved AS (
     UPDATE messages
     SET prev_state = state, state = $4, updated_at = clock.now, lease_owner = NULL,
@@ -108,7 +110,7 @@ WITH clock AS (SELECT CLOCK5 AS now), moved AS (
            OR a.last_success_at < clock.now - interval 'SUCCESS_STAMP_SECONDS seconds')
 ), closed AS (
     UPDATE attempts SET finished_at = (SELECT now FROM clock), outcome = $12, error_code = $7,
-                        detail = $13, latency_ms = $14
+                        detail = $13, latency_ms = $14, provider_ms = $18
     WHERE id = $3
 ), audited AS (
     INSERT INTO audit (message_id, at, actor, action, from_state, to_state, code, reason)
@@ -121,17 +123,61 @@ SELECT count(*) FROM moved
 """.replace("SUCCESS_STAMP_SECONDS", str(SUCCESS_STAMP_SECONDS)).replace(
     "CLOCK5", CLOCK.format(param="$5"))
 
+# Intake: the request's earlier message (by request id, then by idempotency key), else the
+# new row and its audit entry. An earlier row or a refusal ($17) inserts nothing; a twin
+# inserting at the same moment makes this fail on a unique constraint, and the caller's
+# second pass finds the twin's row.
+ACCEPT_SQL = """
+PREPARE mailrelay_accept(text, text, integer, text, text, text, text, text, text, bigint,
+                         integer, timestamp, integer, text, text, text, boolean) AS
+WITH earlier AS (
+    SELECT 1 AS rank, id, state, error_code, content_hash, provider FROM messages
+    WHERE $2::text IS NOT NULL AND request_id = $2
+    UNION ALL
+    SELECT 2, id, state, error_code, content_hash, provider FROM messages
+    WHERE $6::text IS NOT NULL AND account_id = $3 AND idempotency_key = $6
+), inserted AS (
+    INSERT INTO messages (id, request_id, account_id, from_address, provider, state,
+                          idempotency_key, content_hash, rfc822_message_id, payload, size_bytes,
+                          recipient_count, attempt_count, verify_before_send, created_at,
+                          updated_at, html_removed, route, via_address)
+    SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $11, 0, false, $12, $12, $13,
+           $14, $15
+    WHERE NOT $17 AND NOT EXISTS (SELECT 1 FROM earlier)
+    RETURNING id
+), audited AS (
+    INSERT INTO audit (message_id, at, actor, action, from_state, to_state)
+    SELECT id, $12, $16, 'intake', NULL, 'queued' FROM inserted
+)
+SELECT 0 AS rank, id, 'queued' AS state, NULL AS error_code, NULL AS content_hash,
+       $5 AS provider FROM inserted
+UNION ALL
+SELECT rank, id, state, error_code, content_hash, provider FROM earlier
+ORDER BY 1
+"""
+
+ACCOUNT_SQL = """
+PREPARE mailrelay_account(text) AS
+SELECT id, address, provider, state, html_policy FROM accounts WHERE address = $1
+"""
+
+ACCEPT = ("EXECUTE mailrelay_accept(%(id)s, %(request_id)s, %(account_id)s, %(from_address)s, "
+          "%(provider)s, %(idempotency_key)s, %(content_hash)s, %(rfc822_message_id)s, "
+          "%(payload)s, %(size_bytes)s, %(recipient_count)s, %(created_at)s, %(html_removed)s, "
+          "%(route)s, %(via_address)s, %(actor)s, %(refuse)s)")
+ACCOUNT = "EXECUTE mailrelay_account(%(address)s)"
+
 CLAIM = ("EXECUTE mailrelay_claim(%(message_id)s, %(owner)s, %(lease_seconds)s, %(now)s, "
          "%(attempt_id)s, %(worker)s)")
 FINISH = ("EXECUTE mailrelay_finish(%(message_id)s, %(owner)s, %(attempt_id)s, %(state)s, "
           "%(now)s, %(verify)s, %(code)s, %(detail)s, %(next_attempt_at)s, %(sent)s, "
           "%(provider_message_id)s, %(attempt_outcome)s, %(attempt_detail)s, %(latency_ms)s, "
-          "%(note)s, %(lost_reason)s, %(retry_in)s)")
+          "%(note)s, %(lost_reason)s, %(retry_in)s, %(provider_ms)s)")
 
 
-def run(statement: str, params: dict[str, Any]) -> Any:
-    """Execute CLAIM or FINISH as a transaction of its own; its first row (a named tuple),
-    if any.
+def run(statement: str, params: dict[str, Any], *, every_row: bool = False) -> Any:
+    """Execute a prepared statement as a transaction of its own; its first row (a named
+    tuple), if any.
 
     Straight on the pooled DBAPI connection: SQLAlchemy's Connection and result objects
     cost as much CPU per call as the statement does on the client. What they would do
@@ -149,12 +195,15 @@ def run(statement: str, params: dict[str, Any]) -> Any:
         cursor = raw.cursor(cursor_factory=NamedTupleCursor)
         try:
             cursor.execute(statement, params)
-            return cursor.fetchone()
+            return cursor.fetchall() if every_row else cursor.fetchone()
         finally:
             cursor.close()
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
         raw.invalidate(err)
         raise _unavailable(err) from err
+    except psycopg2.IntegrityError as err:
+        # SQLAlchemy's form, which the portable path's callers already handle (a twin).
+        raise exc.IntegrityError(statement, None, err) from err
     finally:
         raw.close()  # back to the pool
 
@@ -164,14 +213,14 @@ def _unavailable(err: Exception) -> TransientInfraError:
 
 
 def ensure_prepared(raw: PoolProxiedConnection) -> None:
-    """Prepare both statements once per database session (on first use, so that a
+    """Prepare the statements once per database session (on first use, so that a
     connection opened before the tables exist, by a migration, does not fail). The
     pool clears ``info`` when it replaces a connection, so a new session prepares again."""
     if not raw.info.get("mailrelay_prepared"):
         cursor = raw.cursor()
         try:
-            cursor.execute(CLAIM_SQL)
-            cursor.execute(FINISH_SQL)
+            for prepare in (CLAIM_SQL, FINISH_SQL, ACCEPT_SQL, ACCOUNT_SQL):
+                cursor.execute(prepare)
         finally:
             cursor.close()
         raw.info["mailrelay_prepared"] = True

@@ -1,4 +1,7 @@
-"""The benchmark baseline: a bare Celery task making the same provider call as delivery.
+"""The benchmark's baselines: bare Celery tasks doing what intake and delivery do at the
+least.
+
+``bare`` makes the same provider call as delivery.
 
 No outbox, no claim, no attempt rows, no token cache: parse the message, send it through
 the provider adapter with a given access token. ``mailrelay bench`` compares
@@ -15,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from kombu.entity import Queue
+
 from mailrelay import providers
 from mailrelay.celery_app import app
 from mailrelay.config import get_settings
@@ -23,6 +28,11 @@ from mailrelay.providers.base import Outbound
 from mailrelay.tasks.base import MailrelayTask
 
 BENCH_TASK = "mailrelay.bench_bare"
+BENCH_INTAKE_TASK = "mailrelay.bench_intake_bare"
+# Where the intake baseline routes its messages; nothing consumes it (the bench purges it).
+# Not one of the app's queues: the baseline declares it as it publishes.
+BENCH_HOLD_QUEUE = "mailrelay.bench"
+_HOLD = Queue(BENCH_HOLD_QUEUE, routing_key=BENCH_HOLD_QUEUE)  # type: ignore[no-untyped-call]  # kombu is unannotated
 
 
 @dataclass
@@ -53,3 +63,12 @@ def bare(self: MailrelayTask, message_id: str, rfc822_message_id: str, payload: 
     out = Outbound(message=message, message_id=message_id, rfc822_message_id=rfc822_message_id,
                    date=dt.datetime.now(dt.UTC), attempt_number=1)
     providers.get(provider).send(out, StaticToken(access_token) if access_token else None)
+
+
+@app.task(name=BENCH_INTAKE_TASK, base=MailrelayTask, bind=True, ignore_result=False)
+def intake_bare(self: MailrelayTask, message: Any = None) -> dict[str, Any]:
+    """Intake's baseline on the intake worker: a task given the same message that neither
+    validates nor stores it, only routes a task with an id on, and answers as intake does."""
+    app.send_task(BENCH_TASK, kwargs={"message_id": self.request.id}, queue=_HOLD,
+                  kwargsrepr=repr({"message_id": self.request.id}), argsrepr="()")
+    return {"id": self.request.id, "state": "queued", "error_code": None}

@@ -26,12 +26,13 @@ _REDIS_PRIORITY_STEPS = (3, 6, 9)
 
 def read() -> dict[str, QueueStats]:
     """Every mailrelay queue's stats; a broker failure raises (the export pushes nothing)."""
-    lengths = _lengths(queue_names())
+    counts = lengths(queue_names())
     consumers = _consumers()
-    return {queue: QueueStats(lengths[queue], consumers.get(queue, 0)) for queue in lengths}
+    return {queue: QueueStats(counts[queue], consumers.get(queue, 0)) for queue in counts}
 
 
-def _lengths(queues: list[str]) -> dict[str, int]:
+def lengths(queues: list[str]) -> dict[str, int]:
+    """Messages waiting in each queue, as the broker counts them."""
     with app.connection_for_read() as connection:
         connection.ensure_connection(max_retries=1)
         if connection.transport.driver_type == "redis":

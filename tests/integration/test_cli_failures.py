@@ -127,7 +127,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 EXEMPT = {
     "accounts genkey": "prints a new key; touches nothing",
     "demo": "starts its own SQLite outbox, Redis (if none answers), emulator and workers",
-    "bench": "starts its own outbox, emulator and workers for the run",
+    "bench": "starts its own outbox (or takes --database-url), emulator and workers for the run",
     "scenarios list": "prints the catalogue; touches nothing",
     "drill list": "prints the catalogue; touches nothing",
 }

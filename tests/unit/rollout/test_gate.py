@@ -14,8 +14,8 @@ from mailrelay.intake import take_in
 from mailrelay.rollout import gate, manage
 from mailrelay.rollout.bucket import bucket
 from mailrelay.rollout.manage import Changes
-from mailrelay.store import outbox
-from mailrelay.store.db import get_engine
+from mailrelay.store import outbox, pg_fastpath
+from mailrelay.store.db import get_autocommit_engine, get_engine
 from mailrelay.store.models import ROLLOUTS
 
 RELAY = "relay@example.net"
@@ -146,20 +146,31 @@ def test_gate_results_are_counted(senders: list[str]) -> None:
 
 
 def _statements(sender: str, n: int = 20) -> list[str]:
-    """The SQL statements ``n`` intakes of a message from ``sender`` send, once warm."""
+    """The SQL statements ``n`` intakes of a message from ``sender`` send, once warm:
+    through either engine, or as PostgreSQL's prepared statements (pg_fastpath, straight
+    on the DBAPI connection, which SQLAlchemy's events do not see)."""
     executed: list[str] = []
 
     def count(*args: Any) -> None:
         executed.append(str(args[2]))
 
-    engine = get_engine()
+    def run(statement: str, params: dict[str, Any], **options: Any) -> Any:
+        executed.append(statement)
+        return real_run(statement, params, **options)
+
+    engines = [get_engine(), get_autocommit_engine()]
+    real_run = pg_fastpath.run
     _send(sender)  # warm: the gate's cache, the engine's pool
-    event.listen(engine, "before_cursor_execute", count)
+    for engine in engines:
+        event.listen(engine, "before_cursor_execute", count)
+    pg_fastpath.run = run  # type: ignore[assignment]
     try:
         for _ in range(n):
             _send(sender)
     finally:
-        event.remove(engine, "before_cursor_execute", count)
+        pg_fastpath.run = real_run  # type: ignore[assignment]
+        for engine in engines:
+            event.remove(engine, "before_cursor_execute", count)
     return executed
 
 

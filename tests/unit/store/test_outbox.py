@@ -83,6 +83,41 @@ def test_idempotency_key_same_content_same_message_other_content_conflict(backen
     assert err.value.code == "idempotency_conflict"
 
 
+def test_twin_intakes_racing_on_one_request_store_one_message(backend: str) -> None:
+    """A redelivered request taken in twice at the same moment: one insert wins, the
+    other fails on the unique request id and its second pass returns the winner's row."""
+    account = _account()
+    message = validate(_message(idempotency_key="k-twin"))
+    results: list[outbox.IntakeResult] = []
+    start = threading.Barrier(8)
+
+    def take() -> None:
+        start.wait()
+        results.append(outbox.accept(message, account, request_id="twin", actor="t", size_bytes=1))
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 8 and len({r.message_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert _history(results[0].message_id) == [(None, "queued")]
+
+
+def test_a_refused_route_stores_nothing_unless_the_request_was_stored_before(backend: str) -> None:
+    account = _account()
+    refusal = ValidationError("rollout_gated", "gated")
+    with pytest.raises(ValidationError):
+        outbox.accept(validate(_message()), account, request_id="r-gated", actor="t", size_bytes=1,
+                      refuse=refusal)
+    assert outbox.earlier_request("r-gated") is None
+    first = outbox.accept(validate(_message()), account, request_id="r-open", actor="t", size_bytes=1)
+    again = outbox.accept(validate(_message()), account, request_id="r-open", actor="t", size_bytes=1,
+                          refuse=refusal)
+    assert again.message_id == first.message_id and not again.created
+
+
 def test_reject_is_stored_once_per_request(backend: str) -> None:
     err = ValidationError("invalid_address", "bad", field="to[0]")
     first = outbox.reject({"to": ["x"]}, err, request_id="r9", actor="t")
