@@ -108,9 +108,9 @@ def _database(err: BaseException) -> Failure | None:
 
     if isinstance(err, exc.NoSuchModuleError | exc.ArgumentError):
         return Failure(CONFIG, f"bad setting: MAILRELAY_DATABASE_URL: {_first_line(err)}")
-    if not isinstance(err, exc.DBAPIError):
-        return None
-    orig = err.orig
+    # The DBAPI's own error: wrapped by SQLAlchemy, or bare from the prepared statements
+    # that run straight on the psycopg2 connection (store/pg_fastpath.py).
+    orig = err.orig if isinstance(err, exc.DBAPIError) else err
     if isinstance(orig, sqlite3.Error):
         return _sqlite(orig)
     import psycopg2
