@@ -201,9 +201,12 @@ def run(statement: str, params: dict[str, Any], *, every_row: bool = False) -> A
     except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
         raw.invalidate(err)
         raise _unavailable(err) from err
-    except psycopg2.IntegrityError as err:
-        # SQLAlchemy's form, which the portable path's callers already handle (a twin).
-        raise exc.IntegrityError(statement, None, err) from err
+    except psycopg2.Error as err:
+        # SQLAlchemy's form (IntegrityError for a twin, ProgrammingError for a missing
+        # table, ...), the one the portable path raises and its callers, the CLI's
+        # explanations and Celery's log lines already know.
+        raise exc.DBAPIError.instance(statement, None, err, psycopg2.Error,
+                                      hide_parameters=True) from err
     finally:
         raw.close()  # back to the pool
 
