@@ -38,4 +38,12 @@ SCHEDULE: dict[str, dict[str, object]] = {
         "schedule": 3600.0,
         "options": {"queue": "mailrelay.control", "expires": 3000},
     },
+    # Deletes ended messages after MAILRELAY_ROW_RETENTION and drops their payloads after
+    # MAILRELAY_PAYLOAD_RETENTION. Often and short (each run stops after a few seconds),
+    # so that a backlog drains without holding the control worker.
+    "purge-outbox": {
+        "task": "mailrelay.purge_outbox",
+        "schedule": 300.0,
+        "options": {"queue": "mailrelay.control", "expires": 270},
+    },
 }

@@ -11,6 +11,9 @@ Why these settings:
   unacked task after this. It must exceed the longest task (the lease,
   MAILRELAY_LEASE_SECONDS) plus the longest countdown (MAILRELAY_COUNTDOWN_MAX), or a
   waiting task would run twice; config.py refuses settings that break this.
+- On RabbitMQ (broker_queues.py): quorum queues declared with a delivery limit and a
+  dead-letter queue, publisher confirms (``confirm_publish``: a publish returns only
+  once the broker has the task, or raises), topic exchanges for native delayed delivery.
 """
 
 from __future__ import annotations
@@ -20,9 +23,8 @@ from typing import Any, cast
 
 from celery import Celery, signals
 from celery.app.amqp import AMQP
-from kombu.entity import Queue
 
-from mailrelay import metrics_server, providers
+from mailrelay import broker_queues, metrics_server, providers
 from mailrelay.config import get_settings
 
 INTAKE_QUEUE = "mailrelay.intake"
@@ -34,6 +36,20 @@ DELIVER_TASK = "mailrelay.deliver"
 
 def queue_names() -> list[str]:
     return [INTAKE_QUEUE, CONTROL_QUEUE, *(providers.queue_for(name) for name in providers.names())]
+
+
+def declared_queues() -> list[Any]:
+    """mailrelay's queues as the configured broker declares them."""
+    settings = get_settings()
+    amqp = broker_queues.is_amqp(settings.broker_url)
+    return [broker_queues.declared(name, amqp=amqp, delivery_limit=settings.delivery_limit)
+            for name in queue_names()]
+
+
+def _broker_options(broker_url: str, visibility_timeout: int) -> dict[str, object]:
+    if broker_queues.is_amqp(broker_url):
+        return {"confirm_publish": True}
+    return {"visibility_timeout": visibility_timeout}
 
 
 def _beat_schedule() -> dict[str, dict[str, object]]:
@@ -85,7 +101,7 @@ def make_app() -> Celery:
         event_serializer="json",
         accept_content=["json"],
         result_accept_content=["json"],
-        task_queues=[Queue(name, routing_key=name) for name in queue_names()],
+        task_queues=declared_queues(),
         task_default_queue=CONTROL_QUEUE,
         task_create_missing_queues=False,
         task_routes={SEND_TASK: {"queue": INTAKE_QUEUE}},
@@ -93,7 +109,8 @@ def make_app() -> Celery:
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options=_broker_options(settings.broker_url,
+                                                 settings.visibility_timeout),
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
@@ -116,6 +133,15 @@ def _leave_messages_out_of_logs(**_: Any) -> None:
     from mailrelay import celery_logs
 
     celery_logs.install()
+
+
+@signals.worker_init.connect
+def _declare_dead_letters(**_: Any) -> None:
+    # Before the worker consumes anything that could pass its delivery limit.
+    # Waits for the broker as the worker's own start does (broker_connection_retry_on_startup).
+    if broker_queues.is_amqp(get_settings().broker_url):
+        with app.connection_for_write() as connection:
+            broker_queues.declare_dead_letters(connection)
 
 
 @signals.worker_init.connect

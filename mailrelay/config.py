@@ -139,12 +139,13 @@ class Setting:
 
 
 _REDIS = ("redis", "rediss")
+_TEN_YEARS = 10 * 365 * 86400
 _HTTP = ("http", "https")
 
 TABLE: tuple[Setting, ...] = (
     # Services
     Setting("broker_url", _url(*_REDIS, "amqp", "amqps"), "redis://127.0.0.1:6379/0",
-            "Celery broker; Redis is the supported transport"),
+            "Celery broker: Redis, or RabbitMQ (amqp://; quorum queues, publisher confirms)"),
     Setting("result_backend", _url(*_REDIS), "redis://127.0.0.1:6379/1",
             "where mailrelay.send keeps its return value for producers that wait on it"),
     Setting("redis_url", _url(*_REDIS), "redis://127.0.0.1:6379/2",
@@ -176,6 +177,11 @@ TABLE: tuple[Setting, ...] = (
             "seconds before Redis redelivers an unacked task; above lease + countdown bound"),
     Setting("countdown_max", _int(1, 300), "60",
             "longest retry wait kept as a Celery countdown; longer waits are parked in the DB"),
+    Setting("delivery_limit", _int(2, 1000), "20",
+            "RabbitMQ: deliveries of one task before its queue dead-letters it to mailrelay.dead"),
+    Setting("broker_consumer_timeout", _int(60, 86400), "1800",
+            "RabbitMQ's consumer_timeout in seconds (its default: 30 min); above lease + "
+            "countdown bound"),
     Setting("verify_settle_seconds", _float(0, 600), "15",
             "after an attempt of unknown outcome, seconds before the provider is asked whether "
             "it sent (its lookups lag behind a send)"),
@@ -196,6 +202,13 @@ TABLE: tuple[Setting, ...] = (
     Setting("retry_max_age", _int(60, 7 * 86400), "86400", "seconds after intake that retries stop"),
     Setting("idempotency_retention", _int(60, 90 * 86400), "86400",
             "seconds an idempotency key is remembered (at least MAILRELAY_RETRY_MAX_AGE)"),
+    Setting("payload_retention", _int(3600, _TEN_YEARS), str(7 * 86400),
+            "seconds a sent, failed or rejected message keeps its payload after it ended; "
+            "after it, the content is dropped (hash, size, ids, attempts and audit stay) and "
+            "the message can no longer be replayed"),
+    Setting("row_retention", _int(3600, _TEN_YEARS), str(90 * 86400),
+            "seconds a sent, failed or rejected message, its attempts and audit are kept after "
+            "it ended (at least MAILRELAY_PAYLOAD_RETENTION and MAILRELAY_IDEMPOTENCY_RETENTION)"),
     Setting("retry_base", _float(0.1, 600), "2", "first backoff step, seconds"),
     Setting("retry_cap", _float(1, 86400), "900", "longest backoff step, seconds"),
     Setting("max_message_bytes", _int(1024, 200 * 1024 * 1024), str(36 * 1024 * 1024),
@@ -265,10 +278,14 @@ class Settings:
     max_takeovers: int
     visibility_timeout: int
     countdown_max: int
+    delivery_limit: int
+    broker_consumer_timeout: int
     reconcile_after: int
     retry_max_attempts: int
     retry_max_age: int
     idempotency_retention: int
+    payload_retention: int
+    row_retention: int
     retry_base: float
     retry_cap: float
     max_message_bytes: int
@@ -331,11 +348,27 @@ def _check_together(settings: Settings) -> None:
             "MAILRELAY_VISIBILITY_TIMEOUT must exceed MAILRELAY_LEASE_SECONDS + "
             "MAILRELAY_COUNTDOWN_MAX"
         )
+    if settings.broker_consumer_timeout <= settings.lease_seconds + settings.countdown_max:
+        # RabbitMQ closes the channel of a task held unacked longer, and requeues every
+        # task on it: each runs again and counts towards the delivery limit.
+        raise ConfigError(
+            "MAILRELAY_BROKER_CONSUMER_TIMEOUT must exceed MAILRELAY_LEASE_SECONDS + "
+            "MAILRELAY_COUNTDOWN_MAX"
+        )
     if settings.retry_cap < settings.retry_base:
         raise ConfigError("MAILRELAY_RETRY_CAP must be at least MAILRELAY_RETRY_BASE")
     if settings.idempotency_retention < settings.retry_max_age:
         # A producer retrying while mailrelay still retries must find the first message.
         raise ConfigError("MAILRELAY_IDEMPOTENCY_RETENTION must be at least MAILRELAY_RETRY_MAX_AGE")
+    if settings.row_retention < settings.payload_retention:
+        # The payload goes first: a row deleted sooner takes its payload with it, and
+        # MAILRELAY_PAYLOAD_RETENTION would promise a replay window that is not there.
+        raise ConfigError("MAILRELAY_ROW_RETENTION must be at least MAILRELAY_PAYLOAD_RETENTION")
+    if settings.row_retention < settings.idempotency_retention:
+        # A deleted message cannot answer for its key: a producer's repeat inside the key's
+        # retention would become a second message, and a second send.
+        raise ConfigError(
+            "MAILRELAY_ROW_RETENTION must be at least MAILRELAY_IDEMPOTENCY_RETENTION")
 
 
 def mask_url(value: str) -> str:

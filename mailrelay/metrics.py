@@ -27,6 +27,9 @@ RECONCILED = Counter("mailrelay_reconciled_total",
                      "by what it found (lost_task, parked_retry, dead_lease)", ["kind"])
 RECONCILE_RUNS = Counter("mailrelay_reconcile_runs_total",
                          "Reconciler runs, by result (ok, error)", ["result"])
+RETENTION_REMOVED = Counter("mailrelay_retention_removed_total",
+                            "What the retention job removed from the outbox, by kind "
+                            "(payloads, messages, attempts, audit)", ["kind"])
 LEASES_LOST = Counter("mailrelay_leases_lost_total",
                       "Attempts that ended after another worker took the message over",
                       ["provider"])

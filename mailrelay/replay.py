@@ -30,6 +30,11 @@ SKIP = {
     State.RETRYING.value: "retrying: still in flight",
 }
 NOT_FOUND = "no such message"
+# A refusal's stable code (in each message's ``refusal`` and in ``skipped_by_reason``):
+# the retention job dropped the payload, so there is nothing left to send.
+PAYLOAD_PURGED = "payload_purged"
+PURGED = ("failed, but its content was dropped after MAILRELAY_PAYLOAD_RETENTION: cannot be "
+          f"sent again ({PAYLOAD_PURGED})")
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,8 @@ class Candidate:
     attempts: int = 0
     failed_at: str | None = None
     verify: bool = False
+    # A stable code when a failed message cannot be replayed (PAYLOAD_PURGED); None otherwise.
+    refusal: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,17 +60,21 @@ class Candidate:
 
 def _candidate(row: Any) -> Candidate:
     verify = bool(row.verify_before_send)
-    if row.state != State.FAILED.value:
+    failed = row.state == State.FAILED.value
+    refusal = PAYLOAD_PURGED if failed and row.payload_purged_at is not None else None
+    if not failed:
         verdict = SKIP.get(row.state, f"{row.state}: not failed")
+    elif refusal:
+        verdict = PURGED
     elif not verify:
         verdict = WILL_SEND
     else:
         verdict = WILL_VERIFY if providers.capabilities(row.provider).can_verify else CANNOT_VERIFY
-    failed_at = oncall.iso(row.updated_at) if row.state == State.FAILED.value else None
-    return Candidate(id=row.id, state=row.state, replay=row.state == State.FAILED.value,
+    failed_at = oncall.iso(row.updated_at) if failed else None
+    return Candidate(id=row.id, state=row.state, replay=failed and refusal is None,
                      verdict=verdict, account=row.from_address, provider=row.provider,
                      error_code=row.error_code, attempts=row.attempt_count, failed_at=failed_at,
-                     verify=verify)
+                     verify=verify, refusal=refusal)
 
 
 def select_for_replay(ids: Sequence[str] = (), *, provider: str | None = None,

@@ -20,6 +20,18 @@ def migrated_database() -> Iterator[str]:
     yield os.environ["MAILRELAY_DATABASE_URL"]
     dispose_all()
     services.drop_database(_DATABASE)
+    if services.VHOST:
+        services.delete_vhost(services.VHOST)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests about RabbitMQ itself (marked ``rabbitmq_only``) need it as the broker."""
+    if services.BROKER != "rabbitmq":
+        skip = pytest.mark.skip(reason="RabbitMQ is not this run's broker "
+                                       "(MAILRELAY_TEST_BROKER=rabbitmq pytest -m rabbitmq)")
+        for item in items:
+            if "rabbitmq_only" in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture

@@ -68,6 +68,62 @@ class Worker:
         self._log.close()
 
 
+class Host:
+    """`mailrelay worker --profile P` for each profile, standing in for one machine: node
+    names ``P@NAME``, as `--hostname P@%h` gives on a host called NAME, and one process
+    group for all of them (pool children included), so that SIGKILL to the group is the
+    machine going away: no warm shutdown, nothing acked, every lease left to expire."""
+
+    def __init__(self, name: str, profiles: dict[str, int], *, log_dir: Path,
+                 env: dict[str, str]) -> None:
+        self.name = name
+        self.log_paths: list[Path] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        for profile, concurrency in profiles.items():
+            log_path = log_dir / f"{profile}@{name}.log"
+            # The first worker leads a new group (in this session, so that the others may
+            # join it: setpgid only moves a process within its own session).
+            group = self.processes[0].pid if self.processes else 0
+            with log_path.open("wb") as log:
+                self.processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "mailrelay.cli", "worker", "--profile", profile,
+                     "--concurrency", str(concurrency), "--hostname", f"{profile}@{name}"],
+                    cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+                    process_group=group))
+            self.log_paths.append(log_path)
+        self.group = self.processes[0].pid
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        for process, log_path in zip(self.processes, self.log_paths, strict=True):
+            while b" ready." not in log_path.read_bytes():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{log_path.stem} not ready:\n{self.log()}")
+                time.sleep(0.2)
+
+    def log(self) -> str:
+        return "\n".join(f"--- {path.stem}\n" + path.read_text(errors="replace")[-3000:]
+                         for path in self.log_paths)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group at once, then reap the workers."""
+        os.killpg(self.group, signal.SIGKILL)
+        for process in self.processes:
+            process.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        with contextlib.suppress(ProcessLookupError):  # killed already
+            os.killpg(self.group, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for process in self.processes:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+        with contextlib.suppress(ProcessLookupError):  # whatever outlived the warm shutdown
+            os.killpg(self.group, signal.SIGKILL)
+        for process in self.processes:
+            process.wait(10)
+
+
 class Flower:
     """`mailrelay flower` as a child process in its own process group."""
 

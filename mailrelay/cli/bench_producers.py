@@ -23,18 +23,24 @@ def message(sender: str, i: int) -> dict[str, Any]:
             "text": "Benchmark message body.\n" * 20, "html": "<p>Benchmark message body.</p>" * 20}
 
 
+_intake: Any = None
+
+
 def _connect(broker_url: str) -> None:
-    global _producer
+    global _producer, _intake
     from celery import Celery
+    from kombu.entity import Queue
 
     _producer = Celery(broker=broker_url)
+    # Published to, never declared: mailrelay declares it (a quorum queue on RabbitMQ).
+    _intake = Queue(INTAKE_QUEUE, no_declare=True)  # type: ignore[no-untyped-call]  # kombu is unannotated
     _producer.connection_for_write().ensure_connection(max_retries=3)
 
 
 def _publish(job: tuple[str, str, int, int]) -> int:
     task, sender, first, count = job
     for i in range(first, first + count):
-        _producer.send_task(task, queue=INTAKE_QUEUE, kwargs={"message": message(sender, i)})
+        _producer.send_task(task, queue=_intake, kwargs={"message": message(sender, i)})
     return count
 
 

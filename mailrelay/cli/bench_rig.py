@@ -254,8 +254,8 @@ def prepare_gmail(stack: Any) -> Provider:
 
 
 def services() -> dict[str, int]:
-    """The PostgreSQL postmaster and the Redis server of this run, where they run on this
-    machine: their CPU counts as mailrelay's (and the bare task's) too."""
+    """The PostgreSQL postmaster, the Redis server and the RabbitMQ server of this run, where
+    they run on this machine: their CPU counts as mailrelay's (and the bare task's) too."""
     from mailrelay.config import get_settings
     from mailrelay.redis_client import get_redis
 
@@ -274,7 +274,28 @@ def services() -> dict[str, int]:
     for n, pid in enumerate(sorted(pids)):
         if "redis" in _comm(pid):
             found["redis" if n == 0 else f"redis{n + 1}"] = pid
+    rabbitmq = _local_rabbitmq(get_settings().broker_url)
+    if rabbitmq is not None:
+        found["rabbitmq"] = rabbitmq
     return found
+
+
+def _local_rabbitmq(broker_url: str) -> int | None:
+    """The RabbitMQ server's Erlang VM, when the broker is RabbitMQ on this machine."""
+    from urllib.parse import urlsplit
+
+    from mailrelay.broker_queues import is_amqp
+
+    if not is_amqp(broker_url) or urlsplit(broker_url).hostname not in ("127.0.0.1", "localhost"):
+        return None
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and _comm(int(proc.name)).strip() == "beam.smp":
+            try:
+                if b"rabbit" in (proc / "cmdline").read_bytes():
+                    return int(proc.name)
+            except OSError:
+                continue
+    return None
 
 
 def _comm(pid: int) -> str:

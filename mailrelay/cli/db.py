@@ -1,11 +1,11 @@
-"""`mailrelay db`: schema migrations."""
+"""`mailrelay db`: schema migrations, the outbox's size, and its retention run by hand."""
 
 from __future__ import annotations
 
 import click
 
 from mailrelay.cli.exits import USAGE, Exit
-from mailrelay.cli.output import dry_run_option, emit_json, json_option
+from mailrelay.cli.output import dry_run_option, emit_json, json_option, table
 from mailrelay.config import get_settings, mask_url
 from mailrelay.store import migrate
 from mailrelay.store.db import db_errors
@@ -13,8 +13,8 @@ from mailrelay.store.db import db_errors
 
 @click.group("db")
 def command() -> None:
-    """Manage the outbox database schema (alembic migrations, the same on PostgreSQL and
-    SQLite)."""
+    """Manage the outbox database: its schema (alembic migrations, the same on PostgreSQL
+    and SQLite), its size, and what its retention removes."""
 
 
 def _revisions(url: str) -> dict[str, str | None]:
@@ -81,3 +81,101 @@ def current(as_json: bool) -> None:
         return
     click.echo(f"database: {found['database'] or 'empty'}")
     click.echo(f"newest:   {found['newest']}")
+
+
+def _span(seconds: int) -> str:
+    """A retention as people say it: 7 d, 36 h, 90 min."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "unknown"
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _retention_seconds() -> dict[str, int]:
+    settings = get_settings()
+    return {"payload_retention_s": settings.payload_retention,
+            "row_retention_s": settings.row_retention}
+
+
+@command.command("stats")
+@json_option
+def stats(as_json: bool) -> None:
+    """Print each table's rows and bytes, and what the retention would remove now.
+
+    Bytes on PostgreSQL are pg_total_relation_size (table, TOAST, indexes): they shrink
+    after VACUUM, not at the purge. On SQLite they come from the dbstat table (unknown
+    where SQLite was built without it). Nothing changes.
+
+    --json prints {"database_url", "backend", "database_bytes", "tables": {NAME: {"rows",
+    "bytes"}}, "retention": {"payloads_to_drop", "messages_to_delete",
+    "payload_retention_s", "row_retention_s"}}.
+    """
+    from mailrelay.store import retention, sizes
+
+    measured = sizes.measure()
+    due = retention.due(retention.Retention.configured())
+    found = {**measured.as_dict(), "retention": {
+        "payloads_to_drop": due.payloads, "messages_to_delete": due.messages,
+        **_retention_seconds()}}
+    if as_json:
+        emit_json({"database_url": mask_url(get_settings().database_url), **found})
+        return
+    table([{"table": name, "rows": size.rows, "bytes": size.bytes, "size": _bytes(size.bytes)}
+           for name, size in measured.tables.items()], ["table", "rows", "bytes", "size"],
+          title=f"outbox tables ({measured.backend}, {_bytes(measured.database_bytes)} in all)")
+    seconds = _retention_seconds()
+    click.echo(f"retention now: {due.payloads} payloads to drop (ended over "
+               f"{_span(seconds['payload_retention_s'])} ago), {due.messages} messages to "
+               f"delete (ended over {_span(seconds['row_retention_s'])} ago); "
+               "`mailrelay db purge` runs it")
+
+
+@command.command("purge")
+@dry_run_option
+@json_option
+def purge(dry_run: bool, as_json: bool) -> None:
+    """Run the retention job now, as beat does every 5 minutes, until nothing is due.
+
+    Messages that ended (sent, failed, rejected) over MAILRELAY_ROW_RETENTION ago are
+    deleted with their attempts and audit; those that ended over
+    MAILRELAY_PAYLOAD_RETENTION ago lose their content (payload_purged_at in `status`; a
+    replay of one is refused as payload_purged). Messages in flight are never touched.
+    In batches, one short transaction each: safe while workers run, and safe to run again.
+
+    --json prints {"dry_run": false, "payload_retention_s", "row_retention_s",
+    "payloads_dropped", "messages_deleted", "attempts_deleted", "audit_deleted"}.
+    --dry-run removes nothing and prints what would go; --json then gives
+    "payloads_to_drop" and "messages_to_delete", "dry_run": true.
+    """
+    from mailrelay.store import retention
+
+    policy = retention.Retention.configured()
+    seconds = _retention_seconds()
+    if dry_run:
+        due = retention.due(policy)
+        if as_json:
+            emit_json({"dry_run": True, **seconds, "payloads_to_drop": due.payloads,
+                       "messages_to_delete": due.messages})
+        else:
+            click.echo(f"would delete {due.messages} messages and drop {due.payloads} "
+                       "payloads (dry run: nothing removed)")
+        return
+    removed = retention.purge(policy)
+    if as_json:
+        emit_json({"dry_run": False, **seconds, "payloads_dropped": removed.payloads,
+                   "messages_deleted": removed.messages, "attempts_deleted": removed.attempts,
+                   "audit_deleted": removed.audit})
+    else:
+        click.echo(f"deleted {removed.messages} messages ({removed.attempts} attempts, "
+                   f"{removed.audit} audit rows) and dropped {removed.payloads} payloads")

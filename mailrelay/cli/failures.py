@@ -82,11 +82,15 @@ def _secret(err: BaseException) -> Failure | None:
 # --- broker and Redis -------------------------------------------------------------------
 
 def _broker(err: BaseException) -> Failure | None:
+    from amqp.exceptions import AccessRefused, NotAllowed
     from kombu.exceptions import OperationalError
 
+    where = f"{_url('broker_url')} (MAILRELAY_BROKER_URL)"
     if isinstance(err, OperationalError):
-        return Failure(UNAVAILABLE, f"broker unavailable at {_url('broker_url')} "
-                                    f"(MAILRELAY_BROKER_URL): {_first_line(err)}")
+        return Failure(UNAVAILABLE, f"broker unavailable at {where}: {_first_line(err)}")
+    # RabbitMQ: a wrong user or password, or a virtual host the user may not use.
+    if isinstance(err, AccessRefused | NotAllowed):
+        return Failure(UNAVAILABLE, f"the broker at {where} refused the login: {_first_line(err)}")
     return None
 
 
@@ -108,10 +112,10 @@ def _database(err: BaseException) -> Failure | None:
 
     if isinstance(err, exc.NoSuchModuleError | exc.ArgumentError):
         return Failure(CONFIG, f"bad setting: MAILRELAY_DATABASE_URL: {_first_line(err)}")
-    # The DBAPI's own error: wrapped by SQLAlchemy, or bare from the prepared statements
-    # that run straight on the psycopg2 connection (store/pg_fastpath.py).
+    # The DBAPI's own error: wrapped by SQLAlchemy, or (psycopg2 only) bare as the cause
+    # of what the prepared statements raise (store/pg_fastpath.py).
     orig = err.orig if isinstance(err, exc.DBAPIError) else err
-    if isinstance(orig, sqlite3.Error):
+    if isinstance(err, exc.DBAPIError) and isinstance(orig, sqlite3.Error):
         return _sqlite(orig)
     import psycopg2
 

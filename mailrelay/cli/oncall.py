@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from mailrelay import providers
 from mailrelay import replay as replay_plan
-from mailrelay.cli.exits import NOT_FOUND, UNAVAILABLE, USAGE, Exit
+from mailrelay.cli.exits import FAILED, NOT_FOUND, UNAVAILABLE, USAGE, Exit
 from mailrelay.cli.output import emit_json, json_option, table
 from mailrelay.config import get_settings, operator_name
 from mailrelay.errors import CODES
@@ -158,11 +158,16 @@ def replay(message_ids: tuple[str, ...], provider: str | None, account: str | No
     will do, then asks unless --yes (without a terminal, --yes is required). Replaying the
     same messages twice is safe: the second run finds them no longer failed.
 
+    A failed message whose content the retention job dropped (MAILRELAY_PAYLOAD_RETENTION
+    after it failed) is refused with the code `payload_purged` (`refusal`, and
+    `skipped_by_reason`); the others are still replayed.
+
     Exit codes: 0 every selected message was replayed or rightly skipped, also when no
     failed message matches the filters · 2 usage (ids and filters mixed, no --reason, no
     terminal without --yes) · 3 an ID names no message (the others are still replayed) ·
-    1 declined at the prompt · 69 the broker is away: the replayed messages are queued in
-    the database (`result`: "replayed; not enqueued") and the reconciler enqueues them.
+    1 declined at the prompt, or a message refused as `payload_purged` (the others are
+    still replayed) · 69 the broker is away: the replayed messages are queued in the
+    database (`result`: "replayed; not enqueued") and the reconciler enqueues them.
     """
     by_filter = any(v is not None for v in (provider, account, code, since, limit))
     if message_ids and by_filter:
@@ -251,7 +256,7 @@ def _report(candidates: list[replay_plan.Candidate], results: dict[str, str], op
         planned = "would replay" if c.replay else "skipped"
         result = planned if dry_run else results.get(c.id, "skipped")
         if result == "skipped":
-            skipped[c.state or replay_plan.NOT_FOUND] += 1
+            skipped[c.refusal or c.state or replay_plan.NOT_FOUND] += 1
         elif result == RACED:
             skipped[RACED] += 1
         messages.append({**c.as_dict(), "result": result})
@@ -270,3 +275,9 @@ def _report(candidates: list[replay_plan.Candidate], results: dict[str, str], op
         click.echo(f"{done}, skipped {summary['skipped']}" + (f" ({why})" if why else ""))
     if any(c.state is None for c in candidates):
         raise Exit("some ids name no message", NOT_FOUND)
+    purged = skipped[replay_plan.PAYLOAD_PURGED]
+    if purged:
+        # Not a skip that is right (a sent message): the message asked for cannot be sent.
+        raise Exit(f"{purged} failed {'message' if purged == 1 else 'messages'} cannot be "
+                   "replayed: the content was dropped after MAILRELAY_PAYLOAD_RETENTION "
+                   f"({replay_plan.PAYLOAD_PURGED}); the producer must send it again", FAILED)

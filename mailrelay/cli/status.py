@@ -65,7 +65,7 @@ def command(message_id: str, wait: float, as_json: bool) -> None:
 def _show(info: dict[str, Any]) -> None:
     for key in ("id", "state", "error_code", "error_detail", "provider", "account",
                 "message_id_header", "provider_message_id", "created_at", "sent_at",
-                "next_attempt_at"):
+                "next_attempt_at", "payload_purged_at"):
         if info.get(key) is not None:
             click.echo(f"{key:>20}: {info[key]}")
     route = info.get("route")

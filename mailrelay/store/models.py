@@ -64,6 +64,12 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 
 PENDING = "state IN ('queued', 'sending', 'retrying')"
+# Ended messages whose payload is still kept, and those whose payload is gone: what the
+# retention job (mailrelay/store/retention.py) walks, oldest first. Its queries repeat
+# these predicates word for word, so that both backends can use the partial indexes.
+ENDED = "state IN ('sent', 'failed', 'rejected')"
+PAYLOAD_KEPT = f"payload_purged_at IS NULL AND {ENDED}"
+PAYLOAD_PURGED = "payload_purged_at IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -113,6 +119,13 @@ class MessageRow(Base):
               postgresql_where=text(PENDING), sqlite_where=text(PENDING)),
         Index("ix_messages_failed", "updated_at",
               postgresql_where=text("state = 'failed'"), sqlite_where=text("state = 'failed'")),
+        # The retention job's two walks. A message enters the first when it ends (one index
+        # write on the deliver path, at the finish), moves to the second when its payload
+        # is dropped, and leaves it when it is deleted: neither walk scans the table.
+        Index("ix_messages_payload_kept", "updated_at",
+              postgresql_where=text(PAYLOAD_KEPT), sqlite_where=text(PAYLOAD_KEPT)),
+        Index("ix_messages_payload_purged", "updated_at",
+              postgresql_where=text(PAYLOAD_PURGED), sqlite_where=text(PAYLOAD_PURGED)),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -127,6 +140,9 @@ class MessageRow(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     content_hash: Mapped[str | None] = mapped_column(String(64))
     rfc822_message_id: Mapped[str | None] = mapped_column(String(400), index=True)
+    # The message as validated at intake (JSON); NULL once the retention job dropped it
+    # (MAILRELAY_PAYLOAD_RETENTION after the message ended), or for a rejected request
+    # too large or too odd to keep.
     payload: Mapped[str | None] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     recipient_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -165,6 +181,9 @@ class MessageRow(Base):
     # and never cleared: such a message never changes provider, since only that provider
     # can say whether it already sent it.
     maybe_sent: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # When the retention job dropped the payload; the rest of the row (hash, size,
+    # Message-ID, provider id) and its attempts and audit stay until the row goes.
+    payload_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class Attempt(Base):

@@ -33,7 +33,8 @@ DEFAULT_LIMIT = 50
 
 _m = MESSAGES.c
 _COLUMNS = (_m.id, _m.state, _m.from_address, _m.provider, _m.error_code, _m.error_detail,
-            _m.attempt_count, _m.updated_at, _m.created_at, _m.verify_before_send, _m.replays)
+            _m.attempt_count, _m.updated_at, _m.created_at, _m.verify_before_send, _m.replays,
+            _m.payload_purged_at)
 
 
 def iso(value: dt.datetime | None) -> str | None:
@@ -93,7 +94,7 @@ def _failed_dict(row: Any) -> dict[str, Any]:
             "error_code": row.error_code, "error_detail": row.error_detail,
             "attempts": row.attempt_count, "failed_at": iso(row.updated_at),
             "created_at": iso(row.created_at), "verify": bool(row.verify_before_send),
-            "replays": row.replays}
+            "replays": row.replays, "payload_purged_at": iso(row.payload_purged_at)}
 
 
 def rows_by_id(ids: Sequence[str]) -> dict[str, Any]:
@@ -113,7 +114,8 @@ def failed_rows(*, provider: str | None = None, account: str | None = None,
 
 def replay(message_id: str, *, operator: str, reason: str, now: dt.datetime | None = None) -> bool:
     """Queue a failed message again and audit who did it and why; False (nothing written)
-    if it is not failed (any more): sent, in flight, or replayed by someone else meanwhile.
+    if it is not failed (any more): sent, in flight, or replayed by someone else meanwhile;
+    or if its payload was dropped meanwhile (there is nothing left to send).
 
     The error code and detail are cleared: a queued message has no error, and `status`,
     `send --wait` and idempotent repeats read ``error_code`` as the message's current
@@ -123,7 +125,8 @@ def replay(message_id: str, *, operator: str, reason: str, now: dt.datetime | No
     """
     check({State.FAILED}, State.QUEUED)
     now = now or utcnow()
-    still_failed = (_m.id == message_id, _m.state == State.FAILED.value)
+    still_failed = (_m.id == message_id, _m.state == State.FAILED.value,
+                    _m.payload_purged_at.is_(None))
     with db_errors(), get_engine().begin() as conn:
         # Only for the audit row; the conditional UPDATE below decides.
         code = conn.execute(select(_m.error_code).where(*still_failed)).first()

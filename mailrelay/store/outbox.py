@@ -644,6 +644,8 @@ def status(message_id: str) -> dict[str, Any] | None:
         "recipient_count": msg.recipient_count, "attempt_count": msg.attempt_count,
         "created_at": _iso(msg.created_at), "updated_at": _iso(msg.updated_at),
         "sent_at": _iso(msg.sent_at), "next_attempt_at": _iso(msg.next_attempt_at),
+        # Set once the retention job dropped the content: it can no longer be replayed.
+        "payload_purged_at": _iso(msg.payload_purged_at),
         "attempts": [_attempt_dict(a) for a in tries],
         "history": [_audit_dict(h) for h in history],
     }

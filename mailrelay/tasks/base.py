@@ -16,6 +16,7 @@ from typing import Any
 from celery import Task
 from celery.worker.request import Request
 
+from mailrelay import broker_queues
 from mailrelay.errors import TransientInfraError
 from mailrelay.logctx import get_logger, log_context
 from mailrelay.metrics import TASK_RETRIES, TASK_SECONDS
@@ -81,7 +82,8 @@ class MailrelayTask(Task):  # type: ignore[misc]
     max_retries = 80
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        queue = (self.request.delivery_info or {}).get("routing_key") or "direct"
+        queue = broker_queues.queue_of((self.request.delivery_info or {}).get("routing_key")
+                                       or "direct")
         started = time.perf_counter()
         with log_context(task=self.name, task_id=self.request.id,
                          message_id=kwargs.get("message_id")):
@@ -89,8 +91,9 @@ class MailrelayTask(Task):  # type: ignore[misc]
                 return super().__call__(*args, **kwargs)
             except TransientInfraError as err:
                 TASK_RETRIES.labels(queue=queue, code=err.code).inc()
-                countdown = random.uniform(0, min(INFRA_RETRY_CAP, 2.0 ** self.request.retries))  # noqa: S311
-                log.warning("%s; task retried in %.1fs", err, countdown)
+                countdown = broker_queues.whole_seconds(random.uniform(  # noqa: S311
+                    0, min(INFRA_RETRY_CAP, 2.0 ** self.request.retries)))
+                log.warning("%s; task retried in %ss", err, countdown or 0)
                 # The re-published task gets ids-only reprs too (events are built from them).
                 argsrepr, kwargsrepr = ids_only(args, kwargs)
                 raise self.retry(exc=err, countdown=countdown, argsrepr=argsrepr,

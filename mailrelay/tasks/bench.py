@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from kombu.entity import Queue
-
-from mailrelay import providers
+from mailrelay import broker_queues, providers
 from mailrelay.celery_app import app
 from mailrelay.config import get_settings
 from mailrelay.message import validate
@@ -32,7 +30,6 @@ BENCH_INTAKE_TASK = "mailrelay.bench_intake_bare"
 # Where the intake baseline routes its messages; nothing consumes it (the bench purges it).
 # Not one of the app's queues: the baseline declares it as it publishes.
 BENCH_HOLD_QUEUE = "mailrelay.bench"
-_HOLD = Queue(BENCH_HOLD_QUEUE, routing_key=BENCH_HOLD_QUEUE)  # type: ignore[no-untyped-call]  # kombu is unannotated
 
 
 @dataclass
@@ -69,6 +66,12 @@ def bare(self: MailrelayTask, message_id: str, rfc822_message_id: str, payload: 
 def intake_bare(self: MailrelayTask, message: Any = None) -> dict[str, Any]:
     """Intake's baseline on the intake worker: a task given the same message that neither
     validates nor stores it, only routes a task with an id on, and answers as intake does."""
-    app.send_task(BENCH_TASK, kwargs={"message_id": self.request.id}, queue=_HOLD,
+    app.send_task(BENCH_TASK, kwargs={"message_id": self.request.id}, queue=_hold_queue(),
                   kwargsrepr=repr({"message_id": self.request.id}), argsrepr="()")
     return {"id": self.request.id, "state": "queued", "error_code": None}
+
+
+def _hold_queue() -> Any:
+    settings = get_settings()
+    return broker_queues.declared(BENCH_HOLD_QUEUE, amqp=broker_queues.is_amqp(settings.broker_url),
+                                  delivery_limit=settings.delivery_limit)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from mailrelay.celery_app import app
 from mailrelay.logctx import get_logger
-from mailrelay.metrics import RECONCILE_RUNS
+from mailrelay.metrics import RECONCILE_RUNS, RETENTION_REMOVED
 from mailrelay.reconcile import reconcile as reconcile_once
 from mailrelay.tasks.base import MailrelayTask
 from mailrelay.tasks.routing import enqueue_delivery
 
 RECONCILE_TASK = "mailrelay.reconcile"
 EXPIRE_KEYS_TASK = "mailrelay.expire_idempotency_keys"
+PURGE_TASK = "mailrelay.purge_outbox"
+# Seconds after which a purge run starts no new batch and leaves the rest to the next
+# run: the control worker is solo, and the reconciler (every 15 s) waits behind it.
+PURGE_BUDGET_SECONDS = 10.0
 ROLLOUT_TASK = "mailrelay.rollout_evaluate"
 EXPORT_TASK = "mailrelay.export_metrics"
 log = get_logger(__name__)
@@ -40,6 +44,25 @@ def expire_idempotency_keys(self: MailrelayTask) -> int:
     if count:
         log.info("forgot %d idempotency keys past their retention", count)
     return count
+
+
+@app.task(name=PURGE_TASK, base=MailrelayTask, bind=True)
+def purge_outbox(self: MailrelayTask) -> dict[str, int | bool]:
+    """Delete ended messages past MAILRELAY_ROW_RETENTION and drop the payloads of those
+    past MAILRELAY_PAYLOAD_RETENTION (see mailrelay/store/retention.py); what it removed."""
+    from mailrelay.store import retention
+
+    removed = retention.purge(retention.Retention.configured(), budget=PURGE_BUDGET_SECONDS)
+    counts = removed.counts()
+    for kind, count in counts.items():
+        if count:
+            RETENTION_REMOVED.labels(kind=kind).inc(count)
+    if any(counts.values()) or not removed.complete:
+        # Counts only: never an id, an address or content.
+        log.info("retention: deleted %d messages (%d attempts, %d audit rows), dropped %d "
+                 "payloads%s", removed.messages, removed.attempts, removed.audit,
+                 removed.payloads, "" if removed.complete else "; more left for the next run")
+    return removed.as_dict()
 
 
 @app.task(name=ROLLOUT_TASK, base=MailrelayTask, bind=True)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from mailrelay import broker_queues
 from mailrelay.celery_app import app, queue_names
+from mailrelay.config import get_settings
 from mailrelay.export import QueueStats
 
 # The broadcast always waits this long, and the control worker runs one job at a time
@@ -25,8 +27,12 @@ _REDIS_PRIORITY_STEPS = (3, 6, 9)
 
 
 def read() -> dict[str, QueueStats]:
-    """Every mailrelay queue's stats; a broker failure raises (the export pushes nothing)."""
-    counts = lengths(queue_names())
+    """Every mailrelay queue's stats (on RabbitMQ, the dead-letter queue's too); a broker
+    failure raises (the export pushes nothing)."""
+    names = queue_names()
+    if broker_queues.is_amqp(get_settings().broker_url):
+        names.append(broker_queues.DEAD_LETTER_QUEUE)
+    counts = lengths(names)
     consumers = _consumers()
     return {queue: QueueStats(counts[queue], consumers.get(queue, 0)) for queue in counts}
 

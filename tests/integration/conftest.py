@@ -32,6 +32,23 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
         worker.stop()
 
 
+# Short leases and reconcile windows so that a killed attempt is taken over in seconds.
+FAST = {"MAILRELAY_PROVIDER_TIMEOUT": "5", "MAILRELAY_LEASE_SECONDS": "20",
+        "MAILRELAY_RECONCILE_AFTER": "10"}
+
+
+@pytest.fixture
+def fast_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """FAST in this process's settings too; pass it to the workers as their ``extra_env``."""
+    from mailrelay.config import get_settings
+
+    for name, value in FAST.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield FAST
+    get_settings.cache_clear()
+
+
 @dataclass
 class EmulatorHandle:
     url: str

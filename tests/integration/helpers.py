@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -10,11 +11,15 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
 
 from mailrelay.store.db import get_engine
+from tests.processes import ROOT, terminate_group
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import EmulatorHandle
 
 
 def query(sql: str, **params: Any) -> list[Any]:
@@ -33,12 +38,20 @@ PRODUCER = Path(__file__).with_name("producer.py")
 def produce_externally(message: dict[str, Any]) -> str:
     """Publish like a service that does not install mailrelay: plain `send_task`, whose
     headers carry repr(kwargs), the whole message; the worker must redact it."""
+    (task_id,) = produce_many([message])
+    return task_id
+
+
+def produce_many(messages: list[dict[str, Any]], timeout: float = 60) -> list[str]:
+    """``mailrelay.send`` for each message from a producer process that does not import
+    mailrelay; the task ids, in order."""
     out = subprocess.run([sys.executable, str(PRODUCER), os.environ["MAILRELAY_BROKER_URL"]],
-                         input=json.dumps([message]), capture_output=True, text=True, timeout=60,
-                         check=True,
+                         input=json.dumps(messages), capture_output=True, text=True,
+                         timeout=timeout, check=True,
                          env={k: v for k, v in os.environ.items() if not k.startswith("MAILRELAY_")})
-    (task_id,) = json.loads(out.stdout)
-    return str(task_id)
+    ids = [str(task_id) for task_id in json.loads(out.stdout)]
+    assert len(ids) == len(messages)
+    return ids
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -121,3 +134,46 @@ class Outage:
                 dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
+
+
+RECONCILE_LOOP = """
+import sys, time
+from mailrelay.reconcile import reconcile
+from mailrelay.tasks.routing import enqueue_delivery
+while True:
+    time.sleep(float(sys.argv[1]))
+    try:
+        reconcile(enqueue_delivery)
+    except Exception as err:  # Redis may be down for a moment: the next round tries again
+        print("reconcile failed:", type(err).__name__, flush=True)
+"""
+
+
+class Reconciler:
+    """The reconciler every ``every`` seconds in a process of its own, as beat runs it
+    every minute (the same function, on a shorter period)."""
+
+    def __init__(self, every: float = 2.0, env: dict[str, str] | None = None) -> None:
+        self.argv = [sys.executable, "-c", RECONCILE_LOOP, str(every)]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Reconciler:
+        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        terminate_group(self.process, 10)
+
+
+def assert_each_received_once(emulator: EmulatorHandle, ids: list[str], mailbox: str) -> None:
+    """Every sent message of the outbox (as many as ``ids``) reached ``mailbox`` exactly
+    once, by its Message-ID, and nothing else did."""
+    expected = {row[0] for row in query("SELECT rfc822_message_id FROM messages WHERE state = 'sent'")}
+    assert len(expected) == len(ids)
+    received = collections.Counter(m["message_id"] for m in emulator.client.messages(mailbox=mailbox))
+    duplicates = {mid: n for mid, n in received.items() if n > 1}
+    assert not duplicates, f"received more than once: {duplicates}"
+    assert set(received) == expected

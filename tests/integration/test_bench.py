@@ -19,6 +19,8 @@ import pytest
 
 from tests import services
 
+pytestmark = pytest.mark.rabbitmq
+
 NUMBERS = ("ratio", "bare_per_s", "mailrelay_per_s", "intake_per_s", "intake_bare_per_s",
            "intake_ratio")
 
@@ -31,13 +33,19 @@ def private_services(tmp_path: Path) -> Iterator[dict[str, str]]:
 
     stack = Stack(tmp_path)
     database = services.create_database()
+    # On the RabbitMQ pass, a virtual host of the run's own instead.
+    vhost = services.create_vhost() if services.BROKER == "rabbitmq" else ""
     try:
         url = stack.start_redis()
-        yield {"MAILRELAY_BROKER_URL": f"{url}/0", "MAILRELAY_RESULT_BACKEND": f"{url}/1",
+        broker = services.amqp_url(vhost) if vhost else f"{url}/0"
+        yield {"MAILRELAY_BROKER_URL": broker, "MAILRELAY_RESULT_BACKEND": f"{url}/1",
                "MAILRELAY_REDIS_URL": f"{url}/2", "MAILRELAY_DATABASE_URL": services.pg_url(database)}
     finally:
         stack.stop()
         services.drop_database(database)
+        if vhost:
+            services.delete_vhost(vhost)
+
 
 
 def test_a_small_run_prints_every_key(private_services: dict[str, str]) -> None:
@@ -58,6 +66,9 @@ def test_a_small_run_prints_every_key(private_services: dict[str, str]) -> None:
     assert {"bare", "mailrelay", "added", "intake", "intake_bare"} <= set(cpu)
     assert cpu["bare"] > 0 and cpu["mailrelay"] > 0
     assert {"worker", "postgres", "redis"} <= set(result["cpu_counted"])
+    if services.BROKER == "rabbitmq":
+        assert result["settings"]["broker"] == "amqp"
+        assert "rabbitmq" in result["cpu_counted"]
     assert result["worker_rss_mb"]["max"] > 0
     assert (result["herd_token_requests"], result["herd_sends"]) == (1, 8)
     assert set(result["targets"]) == {"ratio", "cpu_ms_added", "overhead_p99_ms", "intake_per_s",

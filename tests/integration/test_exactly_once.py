@@ -14,8 +14,7 @@ import pytest
 
 from mailrelay.client import submit
 from tests.integration.conftest import EmulatorHandle
-from tests.integration.helpers import final, query
-from tests.integration.test_guarantees import Reconciler
+from tests.integration.helpers import Reconciler, final, query
 from tests.processes import Worker
 
 pytestmark = pytest.mark.integration

@@ -1,6 +1,7 @@
 """Exactly one email per accepted request, whatever crashes, restarts and outages happen:
-real worker processes (killed for real), a real Redis (restarted empty), PostgreSQL, the
-emulator. The reconciler runs as beat would run it: `reconcile(enqueue_delivery)`."""
+real worker processes (killed for real), a real Redis (restarted empty), a real RabbitMQ
+(restarted, in the suite's RabbitMQ pass), PostgreSQL, the emulator. The reconciler runs as
+beat would run it: `reconcile(enqueue_delivery)`."""
 
 from __future__ import annotations
 
@@ -21,26 +22,22 @@ from typing import Any
 
 import pytest
 
+from tests import services
 from tests.integration.conftest import EmulatorHandle
-from tests.integration.helpers import Outage, query, scalar, wait_for
-from tests.processes import ROOT, Worker, terminate_group
+from tests.integration.helpers import (
+    Outage,
+    Reconciler,
+    assert_each_received_once,
+    query,
+    scalar,
+    wait_for,
+)
+from tests.processes import ROOT, Worker
+
+pytestmark = pytest.mark.rabbitmq
 
 SENDER = "sender@example.com"
 RECIPIENT = "ada@example.org"
-# Short leases and reconcile windows so that a killed attempt is taken over in seconds.
-FAST = {"MAILRELAY_PROVIDER_TIMEOUT": "5", "MAILRELAY_LEASE_SECONDS": "20",
-        "MAILRELAY_RECONCILE_AFTER": "10"}
-
-
-@pytest.fixture
-def fast_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
-    from mailrelay.config import get_settings
-
-    for name, value in FAST.items():
-        monkeypatch.setenv(name, value)
-    get_settings.cache_clear()
-    yield FAST
-    get_settings.cache_clear()
 
 
 def message(n: int, **extra: Any) -> dict[str, Any]:
@@ -63,47 +60,6 @@ def sent_count() -> int:
     return int(scalar("SELECT count(*) FROM messages WHERE state = 'sent'"))
 
 
-RECONCILE_LOOP = """
-import sys, time
-from mailrelay.reconcile import reconcile
-from mailrelay.tasks.routing import enqueue_delivery
-while True:
-    time.sleep(float(sys.argv[1]))
-    try:
-        reconcile(enqueue_delivery)
-    except Exception as err:  # Redis may be down for a moment: the next round tries again
-        print("reconcile failed:", type(err).__name__, flush=True)
-"""
-
-
-class Reconciler:
-    """The reconciler every ``every`` seconds in a process of its own, as beat runs it
-    every minute (the same function, on a shorter period)."""
-
-    def __init__(self, every: float = 2.0, env: dict[str, str] | None = None) -> None:
-        self.argv = [sys.executable, "-c", RECONCILE_LOOP, str(every)]
-        self.env = {**os.environ, **(env or {})}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def __enter__(self) -> Reconciler:
-        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, start_new_session=True,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        terminate_group(self.process, 10)
-
-
-def assert_each_received_once(emulator: EmulatorHandle, ids: list[str]) -> None:
-    expected = {row[0] for row in query("SELECT rfc822_message_id FROM messages WHERE state = 'sent'")}
-    assert len(expected) == len(ids)
-    received = collections.Counter(m["message_id"] for m in emulator.client.messages(mailbox=RECIPIENT))
-    duplicates = {mid: n for mid, n in received.items() if n > 1}
-    assert not duplicates, f"received more than once: {duplicates}"
-    assert set(received) == expected
-
-
 def test_kill_9_during_delivery(emulator: EmulatorHandle, gmail_account: str, fast_settings: dict[str, str],
                                 start_worker: Callable[..., Worker]) -> None:
     # Each send takes 300 ms at the "provider", so most kills land mid-call: the worst case,
@@ -122,7 +78,7 @@ def test_kill_9_during_delivery(emulator: EmulatorHandle, gmail_account: str, fa
                 kills += 1
         wait_for(lambda: sent_count() == 200, 180, "all 200 sent after 20 kills")
     assert scalar("SELECT count(*) FROM messages WHERE state <> 'sent'") == 0
-    assert_each_received_once(emulator, ids)
+    assert_each_received_once(emulator, ids, RECIPIENT)
     # The kills left attempts whose outcome was unknown; each was settled by asking first.
     unknown = scalar("SELECT count(*) FROM attempts WHERE outcome = 'unknown'")
     assert unknown >= 1
@@ -131,7 +87,8 @@ def test_kill_9_during_delivery(emulator: EmulatorHandle, gmail_account: str, fa
 
 @dataclass
 class PrivateRedis:
-    """A redis-server of the test's own, for the broker, results and mailrelay's keys."""
+    """A redis-server of the test's own, for results, mailrelay's keys and, unless the run's
+    broker is RabbitMQ, the broker."""
 
     url: str
     argv: list[str]
@@ -139,8 +96,10 @@ class PrivateRedis:
 
     @property
     def env(self) -> dict[str, str]:
-        return {"MAILRELAY_BROKER_URL": f"{self.url}/0", "MAILRELAY_RESULT_BACKEND": f"{self.url}/1",
-                "MAILRELAY_REDIS_URL": f"{self.url}/2"}
+        env = {"MAILRELAY_RESULT_BACKEND": f"{self.url}/1", "MAILRELAY_REDIS_URL": f"{self.url}/2"}
+        if services.BROKER == "redis":
+            env["MAILRELAY_BROKER_URL"] = f"{self.url}/0"
+        return env
 
     def start(self) -> None:
         from mailrelay.devstack import redis_answers
@@ -197,7 +156,37 @@ def test_redis_restarted_empty_with_200_in_flight(emulator: EmulatorHandle, gmai
     with Reconciler(env=env):
         wait_for(lambda: sent_count() == 200, 240, "all 200 sent after Redis lost everything")
     ids = [row[0] for row in query("SELECT id FROM messages")]
-    assert_each_received_once(emulator, ids)
+    assert_each_received_once(emulator, ids, RECIPIENT)
+
+
+def restart_rabbitmq() -> None:
+    """The whole server stopped and started again, as a host reboot or an upgrade does:
+    every connection cut; what the quorum queues hold kept on disk."""
+    subprocess.run(["rabbitmqctl", "-q", "stop"], check=True, timeout=60, capture_output=True)
+    subprocess.run(["rabbitmq-server", "-detached"], check=True, timeout=60, capture_output=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["rabbitmqctl", "-q", "await_startup"], timeout=60,
+                         capture_output=True).returncode != 0:
+        assert time.monotonic() < deadline, "RabbitMQ did not come back"
+        time.sleep(0.5)
+
+
+@pytest.mark.rabbitmq_only
+def test_rabbitmq_restarted_with_200_in_flight(emulator: EmulatorHandle, gmail_account: str,
+                                               fast_settings: dict[str, str],
+                                               start_worker: Callable[..., Worker]) -> None:
+    emulator.client.inject(endpoint="gmail.send", latency_ms=100)
+    worker = start_worker("mailrelay.gmail", concurrency=4, extra_env=fast_settings)
+    ids = submit_all(200)
+    wait_for(lambda: sent_count() >= 20, 60, "the first sends")
+    restart_rabbitmq()
+    assert sent_count() < 200, "the restart came too late to test anything"
+    with Reconciler(env=fast_settings):
+        wait_for(lambda: sent_count() == 200, 240, "all 200 sent after RabbitMQ restarted")
+    assert_each_received_once(emulator, ids, RECIPIENT)
+    # The worker came back to the broker by itself, and is still the one sending.
+    assert worker.process.poll() is None
+    assert "Connection to broker lost" in worker.log_path.read_text(errors="replace")
 
 
 def test_an_outage_of_60_seconds(emulator: EmulatorHandle, gmail_account: str,
@@ -215,7 +204,7 @@ def test_an_outage_of_60_seconds(emulator: EmulatorHandle, gmail_account: str,
         wait_for(lambda: sent_count() == 30, 150, "all 30 sent after the outage")
     finally:
         ended.cancel()
-    assert_each_received_once(emulator, ids)
+    assert_each_received_once(emulator, ids, RECIPIENT)
     rows = query("SELECT message_id, number, started_at, finished_at, error_code FROM attempts "
                  "ORDER BY message_id, number")
     by_message: dict[str, list[Any]] = collections.defaultdict(list)
@@ -284,6 +273,6 @@ def test_the_database_unreachable_for_a_minute(emulator: EmulatorHandle, gmail_a
     finally:
         outage.down()
     assert scalar("SELECT count(*) FROM messages WHERE state = 'failed'") == 0
-    assert_each_received_once(emulator, ids)
+    assert_each_received_once(emulator, ids, RECIPIENT)
     # The tasks retried; the messages did not: one attempt each.
     assert scalar("SELECT max(attempt_count) FROM messages") == 1

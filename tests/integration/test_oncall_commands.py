@@ -60,6 +60,7 @@ def test_reconcile_by_hand_brings_back_what_redis_lost(
     assert mailrelay("reconcile", "--dry-run")[1]["would_enqueue"] == 0
 
 
+@pytest.mark.rabbitmq  # on-call commands work the same on both brokers
 def test_a_paused_queue_holds_its_messages_until_resumed(
         sink_account: str, clean_redis: None, start_worker: Callable[..., Worker]) -> None:
     worker = start_worker("mailrelay.sink", concurrency=2)

@@ -1,4 +1,5 @@
-"""The walking skeleton end to end: a separate producer, real workers, Redis and PostgreSQL."""
+"""The walking skeleton end to end: a separate producer, real workers, the broker (Redis,
+and RabbitMQ in the second pass), PostgreSQL."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from tests.integration.helpers import query, scalar, wait_for
 from tests.processes import Worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.rabbitmq]
 
 SENDER = "sender@example.com"
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(range(64))).decode()
@@ -62,15 +63,32 @@ INVALID: list[tuple[Any, str]] = [
 ]
 
 
-def produce(messages: list[Any]) -> list[str]:
-    """Publish from a separate process that never imports mailrelay."""
+def produce(messages: list[Any], *options: str) -> list[str]:
+    """Publish from a separate process that never imports mailrelay, with the README's
+    producer snippet."""
     out = subprocess.run([sys.executable, str(Path(__file__).with_name("producer.py")),
-                          os.environ["MAILRELAY_BROKER_URL"]], input=json.dumps(messages),
-                         capture_output=True, text=True, timeout=120, check=True,
-                         env={k: v for k, v in os.environ.items() if not k.startswith("MAILRELAY_")})
+                          os.environ["MAILRELAY_BROKER_URL"], *options],
+                         input=json.dumps(messages), capture_output=True, text=True, timeout=120,
+                         check=False, env={k: v for k, v in os.environ.items()
+                                           if not k.startswith("MAILRELAY_")})
+    assert out.returncode == 0, out.stderr[-3000:]
     ids = json.loads(out.stdout)
-    assert len(ids) == len(messages)
+    assert len(ids) == len(messages) or options
     return ids
+
+
+def test_the_readme_producer_snippet_as_printed_reaches_intake(
+        clean_db: None, clean_redis: None, start_worker: Callable[..., Worker]) -> None:
+    from mailrelay.auth import accounts
+
+    # The snippet's sender, so that what intake says is about the message itself: its
+    # attachments carry "<base64>" where the content goes.
+    accounts.add("sink", "reports@example.com")
+    start_worker("mailrelay.intake", concurrency=1)
+    [task_id] = produce([], "--readme")
+    wait_for(lambda: query("SELECT state, error_code FROM messages WHERE request_id = :r",
+                           r=task_id) == [("rejected", "invalid_attachment")],
+             60, "the README's message to reach intake")
 
 
 def test_200_sent_exactly_once_and_20_rejected_with_codes(

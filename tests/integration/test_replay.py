@@ -41,6 +41,7 @@ def _states(ids: list[str]) -> Counter[str]:
     return Counter(str((outbox.status(mid) or {}).get("state")) for mid in ids)
 
 
+@pytest.mark.rabbitmq  # on-call commands work the same on both brokers
 def test_failed_messages_replayed_twice_are_each_received_once(
         emulator: EmulatorHandle, gmail_account: str, start_worker: Callable[..., Worker]) -> None:
     start_worker("mailrelay.gmail", concurrency=4)

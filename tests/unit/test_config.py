@@ -77,6 +77,41 @@ def test_idempotency_keys_outlive_retries() -> None:
     assert config.load({"MAILRELAY_IDEMPOTENCY_RETENTION": "172800"}).idempotency_retention == 172800
 
 
+def test_retention_defaults_keep_payloads_a_week_and_rows_ninety_days() -> None:
+    settings = config.load({})
+    assert (settings.payload_retention, settings.row_retention) == (7 * 86400, 90 * 86400)
+    shorter = config.load({"MAILRELAY_PAYLOAD_RETENTION": "3600",
+                           "MAILRELAY_ROW_RETENTION": "86400"})
+    assert (shorter.payload_retention, shorter.row_retention) == (3600, 86400)
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    # The payload goes first, or its retention would promise replays that cannot happen.
+    ({"MAILRELAY_PAYLOAD_RETENTION": "864000", "MAILRELAY_ROW_RETENTION": "86400"},
+     "MAILRELAY_ROW_RETENTION must be at least MAILRELAY_PAYLOAD_RETENTION"),
+    # A row deleted while its key is remembered would let a repeat become a second send.
+    ({"MAILRELAY_PAYLOAD_RETENTION": "3600", "MAILRELAY_ROW_RETENTION": "7200",
+      "MAILRELAY_IDEMPOTENCY_RETENTION": "86400"},
+     "MAILRELAY_ROW_RETENTION must be at least MAILRELAY_IDEMPOTENCY_RETENTION"),
+])
+def test_rows_outlive_their_payload_and_their_idempotency_key(values: dict[str, str],
+                                                               message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.load(values)
+
+
+@pytest.mark.parametrize(("env", "value", "needle"), [
+    ("MAILRELAY_PAYLOAD_RETENTION", "7d", "expected a whole number"),
+    ("MAILRELAY_PAYLOAD_RETENTION", "60", "from 3600 to"),
+    ("MAILRELAY_ROW_RETENTION", "-1", "from 3600 to"),
+    ("MAILRELAY_ROW_RETENTION", str(100 * 365 * 86400), "to 315360000"),
+])
+def test_a_bad_retention_names_its_variable(env: str, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load({env: value})
+    assert str(err.value).startswith(f"{env}=") and needle in str(err.value)
+
+
 def test_default_outbox_is_one_absolute_file_whatever_the_working_directory(tmp_path: Path) -> None:
     """An intake started in one directory and a worker in another, both without
     MAILRELAY_DATABASE_URL, must share one outbox, not make one SQLite file each."""

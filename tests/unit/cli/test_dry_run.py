@@ -64,6 +64,7 @@ DRY_RUNS = [
     (("rollout", "pause", "gmail", "--reason", "r"), 3, "no rollout for gmail"),
     (("db", "upgrade"), 0, "nothing to apply"),
     (("db", "upgrade", "nonsense"), 2, "No such revision"),
+    (("db", "purge"), 0, "would delete 0 messages and drop 0 payloads"),
     (("beat",), 0, "mailrelay.reconcile every 15.0 s"),
     (("flower",), 0, "celery -A mailrelay.celery_app flower --port=5555"),
 ]

@@ -216,3 +216,15 @@ def test_usage_and_command_errors_share_the_prefix(monkeypatch: pytest.MonkeyPat
     code, err = guarded(monkeypatch, capsys, "nope")
     assert code == 2 and err.splitlines()[-1].startswith("mailrelay: No such command 'nope'")
     assert "Error:" not in err
+
+
+def test_rabbitmq_refusing_the_login_or_the_virtual_host(setenv: Callable[..., None]) -> None:
+    from amqp.exceptions import AccessRefused, NotAllowed
+
+    setenv(MAILRELAY_BROKER_URL="amqp://app:secret@127.0.0.1:5672/relay")
+    for err in (AccessRefused("Login was refused using authentication mechanism PLAIN"),
+                NotAllowed("vhost relay not found")):
+        failure = explain(err)
+        assert failure is not None and failure.code == 69, err
+        assert failure.line.startswith("the broker at amqp://") and "refused the login" in failure.line
+        assert "secret" not in failure.line

@@ -27,7 +27,7 @@ EXPECTED_ALERTS = {
     "MailrelayFailedMessagesGrowing", "MailrelayRolloutRolledBack",
     "MailrelayRolloutNeedsAttention", "MailrelayRolloutControllerStalled", "MailrelayBeatDown",
     "MailrelayExportStale", "MailrelayWorkerDown", "MailrelayIntakeRejectionSpike",
-    "MailrelayHtmlSanitizationSpike",
+    "MailrelayHtmlSanitizationSpike", "MailrelayDeadLettered",
 }
 
 

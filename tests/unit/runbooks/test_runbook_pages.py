@@ -40,6 +40,7 @@ OPERATIONS = {
     "rotate MAILRELAY_SECRET_KEY": "rotate-secret-key.md",
     "scale workers for a backlog": "scale-workers.md",
     "a poison message": "poison-message.md",
+    "check and run the outbox's retention": "retention.md",
 }
 # Pages that are not a runbook of their own: the index and the drills' walk-through.
 NOT_RUNBOOKS = {"README.md", "drills.md"}
