@@ -96,8 +96,13 @@ class MailrelayTask(Task):  # type: ignore[misc]
                 log.warning("%s; task retried in %ss", err, countdown or 0)
                 # The re-published task gets ids-only reprs too (events are built from them).
                 argsrepr, kwargsrepr = ids_only(args, kwargs)
+                # Back to the queue it came through, named: left to Celery, a retry reuses
+                # the delivery's exchange and routing key, and with native delayed delivery
+                # (RabbitMQ) that routing key is the delay's, so the countdown would be
+                # computed for the default queue (mailrelay.control) and the task land there.
+                retry_queue = queue if queue.startswith("mailrelay.") else None
                 raise self.retry(exc=err, countdown=countdown, argsrepr=argsrepr,
-                                 kwargsrepr=kwargsrepr) from err
+                                 kwargsrepr=kwargsrepr, queue=retry_queue) from err
             finally:
                 TASK_SECONDS.labels(queue=queue).observe(time.perf_counter() - started)
 

@@ -84,3 +84,37 @@ def test_the_failure_log_of_a_task_carries_ids_only(caplog: pytest.LogCaptureFix
     data = failures[0].data  # type: ignore[attr-defined]
     assert (data["args"], data["kwargs"]) == ("()", REDACTED_KWARGS)
     assert MARKER not in caplog.text
+
+
+@pytest.mark.parametrize(("routing_key", "queue"), [
+    ("mailrelay.gmail", "mailrelay.gmail"),
+    # Delivered by RabbitMQ's native delayed delivery: the delay's bits come first.
+    ("0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.1.mailrelay.gmail", "mailrelay.gmail"),
+])
+def test_a_retried_task_goes_back_to_the_queue_it_came_through(
+        monkeypatch: pytest.MonkeyPatch, routing_key: str, queue: str) -> None:
+    from mailrelay.errors import TransientInfraError
+
+    other = Celery("retry-test", set_as_current=False)
+
+    @other.task(name="mailrelay.test_flaky", base=MailrelayTask, bind=True)
+    def flaky(self: MailrelayTask) -> None:
+        raise TransientInfraError("database_unavailable", "OperationalError")
+
+    asked: dict[str, Any] = {}
+
+    def retry(**options: Any) -> Exception:
+        asked.update(options)
+        return RuntimeError("retried")
+
+    monkeypatch.setattr(flaky, "retry", retry)
+    flaky.push_request(id="t-1", retries=3, delivery_info={"exchange": "mailrelay",
+                                                           "routing_key": routing_key})
+    try:
+        with pytest.raises(RuntimeError, match="retried"):
+            flaky()
+    finally:
+        flaky.pop_request()
+    assert asked["queue"] == queue
+    # Whole seconds, as native delayed delivery needs them.
+    assert asked["countdown"] is None or (isinstance(asked["countdown"], int) and asked["countdown"] >= 1)
