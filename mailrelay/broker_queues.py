@@ -11,8 +11,11 @@ publishes or consumes through mailrelay's app (never created on the fly as class
   passes it unless a dead-letter exchange is named, so mailrelay names one:
 - ``x-dead-letter-exchange: mailrelay.dead``, a fanout exchange into the quorum queue
   ``mailrelay.dead``, which no worker consumes: what lands there stays for on-call
-  (`mailrelay queues`, the queue depth metric). The outbox still holds the message; the
-  reconciler sends it again once its lease or wait runs out.
+  (`mailrelay queues`, the queue depth metric). A delivery's message is still in the
+  outbox, and the reconciler sends it again once its lease or wait runs out; an intake
+  task (``mailrelay.send``) is the request itself, stored nowhere else until intake takes
+  it (runbooks/alerts/MailrelayDeadLettered.md). The control queue has no dead-letter
+  exchange: its jobs expire by design.
 - The queues hang off the topic exchange ``mailrelay``: Celery's native delayed delivery,
   which it switches on when it sees quorum queues, forwards a countdown task through
   topic exchanges only (with a direct exchange the worker would hold the task, and its
@@ -42,16 +45,19 @@ def is_amqp(broker_url: str) -> bool:
     return broker_url.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
-def declared(name: str, *, amqp: bool, delivery_limit: int) -> Any:
-    """The kombu Queue of one of mailrelay's queues, as this broker needs it declared."""
+def declared(name: str, *, amqp: bool, delivery_limit: int, dead_letters: bool = True) -> Any:
+    """The kombu Queue of one of mailrelay's queues, as this broker needs it declared.
+
+    ``dead_letters=False`` for the control queue: beat's jobs carry ``expires``, which
+    Celery turns into a per-message TTL on RabbitMQ, and an expired job must simply go
+    (beat sends the next one), not land in ``mailrelay.dead`` and page someone."""
     if not amqp:
         return Queue(name, routing_key=name)
+    arguments: dict[str, object] = {"x-queue-type": "quorum", "x-delivery-limit": delivery_limit}
+    if dead_letters:
+        arguments["x-dead-letter-exchange"] = DEAD_LETTER_EXCHANGE
     return Queue(name, Exchange(EXCHANGE, type="topic", durable=True), routing_key=name,
-                 durable=True, queue_arguments={
-                     "x-queue-type": "quorum",
-                     "x-delivery-limit": delivery_limit,
-                     "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
-                 })
+                 durable=True, queue_arguments=arguments)
 
 
 def dead_letter_queue() -> Any:

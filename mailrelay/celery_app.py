@@ -42,7 +42,8 @@ def declared_queues() -> list[Any]:
     """mailrelay's queues as the configured broker declares them."""
     settings = get_settings()
     amqp = broker_queues.is_amqp(settings.broker_url)
-    return [broker_queues.declared(name, amqp=amqp, delivery_limit=settings.delivery_limit)
+    return [broker_queues.declared(name, amqp=amqp, delivery_limit=settings.delivery_limit,
+                                   dead_letters=name != CONTROL_QUEUE)
             for name in queue_names()]
 
 

@@ -180,8 +180,8 @@ TABLE: tuple[Setting, ...] = (
     Setting("delivery_limit", _int(2, 1000), "20",
             "RabbitMQ: deliveries of one task before its queue dead-letters it to mailrelay.dead"),
     Setting("broker_consumer_timeout", _int(60, 86400), "1800",
-            "RabbitMQ's consumer_timeout in seconds (its default: 30 min); above lease + "
-            "countdown bound"),
+            "RabbitMQ's consumer_timeout in seconds, as the server is set (its default: "
+            "30 min); must exceed every task's hard time limit"),
     Setting("verify_settle_seconds", _float(0, 600), "15",
             "after an attempt of unknown outcome, seconds before the provider is asked whether "
             "it sent (its lookups lag behind a send)"),
@@ -348,12 +348,16 @@ def _check_together(settings: Settings) -> None:
             "MAILRELAY_VISIBILITY_TIMEOUT must exceed MAILRELAY_LEASE_SECONDS + "
             "MAILRELAY_COUNTDOWN_MAX"
         )
-    if settings.broker_consumer_timeout <= settings.lease_seconds + settings.countdown_max:
-        # RabbitMQ closes the channel of a task held unacked longer, and requeues every
-        # task on it: each runs again and counts towards the delivery limit.
+    longest_hold = max(settings.deliver_time_limit + 60, settings.intake_time_limit + 15)
+    if (settings.broker_url.split(":", 1)[0] in ("amqp", "amqps")
+            and settings.broker_consumer_timeout <= longest_hold):
+        # RabbitMQ closes the channel of a consumer that holds a task unacknowledged longer,
+        # and requeues every task on it: each runs again and counts towards the delivery
+        # limit. A task is held until its hard time limit at most (countdowns wait in the
+        # broker, with native delayed delivery).
         raise ConfigError(
-            "MAILRELAY_BROKER_CONSUMER_TIMEOUT must exceed MAILRELAY_LEASE_SECONDS + "
-            "MAILRELAY_COUNTDOWN_MAX"
+            "MAILRELAY_BROKER_CONSUMER_TIMEOUT must exceed MAILRELAY_DELIVER_TIME_LIMIT + 60 "
+            "and MAILRELAY_INTAKE_TIME_LIMIT + 15 (each task's hard time limit)"
         )
     if settings.retry_cap < settings.retry_base:
         raise ConfigError("MAILRELAY_RETRY_CAP must be at least MAILRELAY_RETRY_BASE")

@@ -32,6 +32,7 @@ def _connect(broker_url: str) -> None:
     from kombu.entity import Queue
 
     _producer = Celery(broker=broker_url)
+    _producer.conf.broker_transport_options = {"confirm_publish": True}  # as the README's
     # Published to, never declared: mailrelay declares it (a quorum queue on RabbitMQ).
     _intake = Queue(INTAKE_QUEUE, no_declare=True)  # type: ignore[no-untyped-call]  # kombu is unannotated
     _producer.connection_for_write().ensure_connection(max_retries=3)

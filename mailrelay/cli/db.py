@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from mailrelay.cli.exits import USAGE, Exit
@@ -142,9 +144,10 @@ def stats(as_json: bool) -> None:
 
 
 @command.command("purge")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @dry_run_option
 @json_option
-def purge(dry_run: bool, as_json: bool) -> None:
+def purge(yes: bool, dry_run: bool, as_json: bool) -> None:
     """Run the retention job now, as beat does every 5 minutes, until nothing is due.
 
     Messages that ended (sent, failed, rejected) over MAILRELAY_ROW_RETENTION ago are
@@ -157,13 +160,16 @@ def purge(dry_run: bool, as_json: bool) -> None:
     "payloads_dropped", "messages_deleted", "attempts_deleted", "audit_deleted"}.
     --dry-run removes nothing and prints what would go; --json then gives
     "payloads_to_drop" and "messages_to_delete", "dry_run": true.
+    Deleting is for good: it says what it will remove, under which retention (this
+    shell's MAILRELAY_PAYLOAD_RETENTION and MAILRELAY_ROW_RETENTION, which must be the
+    deployment's), and asks unless --yes (without a terminal, --yes is required).
     """
     from mailrelay.store import retention
 
     policy = retention.Retention.configured()
     seconds = _retention_seconds()
+    due = retention.due(policy)
     if dry_run:
-        due = retention.due(policy)
         if as_json:
             emit_json({"dry_run": True, **seconds, "payloads_to_drop": due.payloads,
                        "messages_to_delete": due.messages})
@@ -171,6 +177,14 @@ def purge(dry_run: bool, as_json: bool) -> None:
             click.echo(f"would delete {due.messages} messages and drop {due.payloads} "
                        "payloads (dry run: nothing removed)")
         return
+    if (due.messages or due.payloads) and not yes:
+        what = (f"delete {due.messages} messages and drop {due.payloads} payloads (retention: "
+                f"payloads {seconds['payload_retention_s'] / 86400:g} d, rows "
+                f"{seconds['row_retention_s'] / 86400:g} d, from this shell's settings)")
+        if not sys.stdin.isatty():
+            raise Exit(f"not going to {what} without confirmation: run in a terminal or pass "
+                       "--yes", USAGE)
+        click.confirm(f"{what[0].upper()}{what[1:]}?", abort=True, err=True)
     removed = retention.purge(policy)
     if as_json:
         emit_json({"dry_run": False, **seconds, "payloads_dropped": removed.payloads,

@@ -12,12 +12,13 @@ restarts, stop its worker service instead.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import click
 
 from mailrelay import providers
-from mailrelay.cli.exits import FAILED, NOT_FOUND, Exit
+from mailrelay.cli.exits import FAILED, NOT_FOUND, USAGE, Exit
 from mailrelay.cli.output import dry_run_option, emit_json, json_option, table
 
 # How long a broadcast waits for the workers' answers.
@@ -126,3 +127,64 @@ def _report(result: dict[str, Any], as_json: bool) -> None:
     verb = {"pause": "paused", "resume": "resumed"}[result["action"]]
     prefix = "would have " if result["dry_run"] else ""
     click.echo(f"{result['queue']}: {prefix}{verb} on {', '.join(result['workers'])}")
+
+
+@command.command("dead")
+@json_option
+def dead(as_json: bool) -> None:
+    """RabbitMQ only: the tasks in mailrelay.dead, handed out more often than
+    MAILRELAY_DELIVERY_LIMIT allows (MailrelayDeadLettered): task, task id, the queue it
+    died in, why, and a delivery's message id (a request's content is never shown).
+    Nothing moves. On Redis there is no such queue: an empty list.
+
+    --json prints a list of {"task", "task_id", "queue", "reason", "message_id"}."""
+    from mailrelay.tasks import dead_letters
+
+    rows = [task.as_dict() for task in dead_letters.listed()] if dead_letters.available() else []
+    if as_json:
+        emit_json(rows)
+        return
+    if not dead_letters.available():
+        click.echo("the broker is Redis: nothing is dead-lettered")
+        return
+    table(rows, ["task", "task_id", "queue", "reason", "message_id"], title="mailrelay.dead")
+
+
+@command.command("requeue-dead")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@dry_run_option
+@json_option
+def requeue_dead(yes: bool, dry_run: bool, as_json: bool) -> None:
+    """RabbitMQ only: put every task in mailrelay.dead back on the queue it died in, once
+    what killed it is fixed (runbooks/alerts/MailrelayDeadLettered.md). A request
+    (mailrelay.send) goes back to intake, which stores it once whatever its history; a
+    delivery goes back to its provider's queue, where the outbox's claim keeps it from
+    sending twice. Asks unless --yes (without a terminal, --yes is required).
+
+    --json prints {"dry_run", "moved": [{"task", "task_id", "queue", "reason",
+    "message_id"}, ...]} (with --dry-run, what would move)."""
+    from mailrelay.tasks import dead_letters
+
+    if not dead_letters.available():
+        result: dict[str, Any] = {"dry_run": dry_run, "moved": []}
+        if as_json:
+            emit_json(result)
+        else:
+            click.echo("the broker is Redis: nothing is dead-lettered")
+        return
+    waiting = dead_letters.listed()
+    if dry_run or not waiting:
+        moved = waiting
+    else:
+        if not yes:
+            if not sys.stdin.isatty():
+                raise Exit(f"not moving {len(waiting)} dead-lettered tasks without "
+                           "confirmation: run in a terminal or pass --yes", USAGE)
+            click.confirm(f"Put {len(waiting)} dead-lettered tasks back on their queues?",
+                          abort=True, err=True)
+        moved = dead_letters.requeue()
+    if as_json:
+        emit_json({"dry_run": dry_run, "moved": [task.as_dict() for task in moved]})
+        return
+    prefix = "would move" if dry_run else "moved"
+    click.echo(f"{prefix} {len(moved)} tasks back to their queues")

@@ -174,7 +174,9 @@ def _delete_rows(index: Condition, cutoff: dt.datetime, batch: int,
     where = (index, _ENDED, _m.updated_at < cutoff)
     while not _out_of_time(deadline):
         with db_errors(), get_engine().begin() as conn:
-            ids = [row.id for row in _oldest(conn, where, batch)]
+            rows = _oldest(conn, where, batch)
+            # Rows that still hold their payload: as short a transaction as a payload batch.
+            ids = _within_bytes(rows) if index is _KEPT else [row.id for row in rows]
             if ids:
                 still = select(_m.id).where(_m.id.in_(ids), *where)
                 removed.attempts += conn.execute(
@@ -183,7 +185,7 @@ def _delete_rows(index: Condition, cutoff: dt.datetime, batch: int,
                     delete(AUDIT).where(AUDIT.c.message_id.in_(still))).rowcount
                 removed.messages += conn.execute(
                     delete(MESSAGES).where(_m.id.in_(ids), *where)).rowcount
-        if len(ids) < batch:
+        if len(rows) < batch and len(ids) == len(rows):
             return True
     return False
 

@@ -9,10 +9,13 @@ import collections
 import datetime as dt
 import itertools
 import os
+import pwd
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -159,30 +162,80 @@ def test_redis_restarted_empty_with_200_in_flight(emulator: EmulatorHandle, gmai
     assert_each_received_once(emulator, ids, RECIPIENT)
 
 
-def restart_rabbitmq() -> None:
-    """The whole server stopped and started again, as a host reboot or an upgrade does:
-    every connection cut; what the quorum queues hold kept on disk."""
-    subprocess.run(["rabbitmqctl", "-q", "stop"], check=True, timeout=60, capture_output=True)
-    subprocess.run(["rabbitmq-server", "-detached"], check=True, timeout=60, capture_output=True)
-    deadline = time.monotonic() + 60
-    while subprocess.run(["rabbitmqctl", "-q", "await_startup"], timeout=60,
-                         capture_output=True).returncode != 0:
-        assert time.monotonic() < deadline, "RabbitMQ did not come back"
-        time.sleep(0.5)
+class PrivateRabbitMQ:
+    """A RabbitMQ node of the test's own (its own name, ports and data directory), so that
+    restarting it disturbs nobody else's broker. Debian's wrapper runs the node as the
+    rabbitmq user: the directory is handed to it."""
+
+    def __init__(self) -> None:
+        from mailrelay.devstack import free_port
+
+        self.port, dist = free_port(), free_port()
+        self.name = f"mailrelay-test-{self.port}@localhost"
+        self.dir = Path(tempfile.mkdtemp(prefix="mailrelay-rabbitmq-"))
+        (self.dir / "rabbitmq.conf").write_text(f"listeners.tcp.default = 127.0.0.1:{self.port}\n")
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        if os.geteuid() == 0:
+            owner = pwd.getpwnam("rabbitmq")
+            for path in (self.dir, *self.dir.iterdir()):
+                os.chown(path, owner.pw_uid, owner.pw_gid)
+        self.env = {**os.environ, "RABBITMQ_NODENAME": self.name, "RABBITMQ_NODE_PORT": str(self.port),
+                    "RABBITMQ_DIST_PORT": str(dist), "RABBITMQ_MNESIA_BASE": f"{self.dir}/mnesia",
+                    "RABBITMQ_LOG_BASE": f"{self.dir}/log", "RABBITMQ_CONFIG_FILE": f"{self.dir}/rabbitmq",
+                    "RABBITMQ_ENABLED_PLUGINS_FILE": f"{self.dir}/enabled_plugins",
+                    "RABBITMQ_PID_FILE": f"{self.dir}/pid"}
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self) -> None:
+        subprocess.run(["rabbitmq-server", "-detached"], env=self.env, check=True, timeout=60,
+                       capture_output=True)
+        deadline = time.monotonic() + 60
+        while self._ctl("await_startup", timeout=60).returncode != 0:
+            assert time.monotonic() < deadline, "the private RabbitMQ did not start"
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self._ctl("stop", timeout=60)
+
+    def restart(self) -> None:
+        """The node stopped and started again, as a host reboot or an upgrade does: every
+        connection cut; what the quorum queues hold kept on disk."""
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _ctl(self, *args: str, timeout: float) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["rabbitmqctl", "-q", "-n", self.name, *args], env=self.env,
+                              timeout=timeout, capture_output=True, check=False)
+
+
+@pytest.fixture
+def private_rabbitmq() -> Iterator[PrivateRabbitMQ]:
+    node = PrivateRabbitMQ()
+    node.start()
+    yield node
+    node.remove()
 
 
 @pytest.mark.rabbitmq_only
 def test_rabbitmq_restarted_with_200_in_flight(emulator: EmulatorHandle, gmail_account: str,
                                                fast_settings: dict[str, str],
+                                               private_rabbitmq: PrivateRabbitMQ,
                                                start_worker: Callable[..., Worker]) -> None:
+    env = {**fast_settings, "MAILRELAY_BROKER_URL": private_rabbitmq.url}
     emulator.client.inject(endpoint="gmail.send", latency_ms=100)
-    worker = start_worker("mailrelay.gmail", concurrency=4, extra_env=fast_settings)
-    ids = submit_all(200)
+    worker = start_worker("mailrelay.gmail", concurrency=4, extra_env=env)
+    subprocess.run([sys.executable, "-c", SUBMIT, "200", SENDER, RECIPIENT], env={**os.environ, **env},
+                   cwd=ROOT, check=True, timeout=120)
     wait_for(lambda: sent_count() >= 20, 60, "the first sends")
-    restart_rabbitmq()
+    private_rabbitmq.restart()
     assert sent_count() < 200, "the restart came too late to test anything"
-    with Reconciler(env=fast_settings):
+    with Reconciler(env=env):
         wait_for(lambda: sent_count() == 200, 240, "all 200 sent after RabbitMQ restarted")
+    ids = [row[0] for row in query("SELECT id FROM messages")]
     assert_each_received_once(emulator, ids, RECIPIENT)
     # The worker came back to the broker by itself, and is still the one sending.
     assert worker.process.poll() is None

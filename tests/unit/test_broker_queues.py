@@ -20,6 +20,9 @@ def test_on_rabbitmq_a_queue_is_a_quorum_queue_on_a_topic_exchange() -> None:
     # Native delayed delivery forwards through topic exchanges only.
     assert (queue.exchange.name, queue.exchange.type) == ("mailrelay", "topic")
     assert queue.durable and queue.exchange.durable
+    control = broker_queues.declared("mailrelay.control", amqp=True, delivery_limit=7,
+                                     dead_letters=False)
+    assert "x-dead-letter-exchange" not in control.queue_arguments
     dead = broker_queues.dead_letter_queue()
     assert dead.name == broker_queues.DEAD_LETTER_QUEUE
     assert dead.queue_arguments == {"x-queue-type": "quorum"}  # no limit of its own
@@ -46,7 +49,13 @@ def test_the_queue_a_task_came_through(routing_key: str, queue: str) -> None:
     assert broker_queues.queue_of(routing_key) == queue
 
 
-def test_the_consumer_timeout_must_exceed_the_longest_hold() -> None:
+def test_on_rabbitmq_the_consumer_timeout_must_exceed_the_longest_hold() -> None:
+    amqp = {"MAILRELAY_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    # A delivery may hold its task until its hard time limit (soft limit + 60 s).
     with pytest.raises(ConfigError, match="MAILRELAY_BROKER_CONSUMER_TIMEOUT"):
-        config.load({"MAILRELAY_BROKER_CONSUMER_TIMEOUT": "60", "MAILRELAY_LEASE_SECONDS": "50",
-                       "MAILRELAY_COUNTDOWN_MAX": "20"})
+        config.load({**amqp, "MAILRELAY_DELIVER_TIME_LIMIT": "1800"})
+    with pytest.raises(ConfigError, match="MAILRELAY_BROKER_CONSUMER_TIMEOUT"):
+        config.load({**amqp, "MAILRELAY_BROKER_CONSUMER_TIMEOUT": "960"})
+    assert config.load({**amqp, "MAILRELAY_BROKER_CONSUMER_TIMEOUT": "961"}).deliver_time_limit == 900
+    # Redis has no consumer timeout: a long delivery is its own business there.
+    assert config.load({"MAILRELAY_DELIVER_TIME_LIMIT": "3600"}).deliver_time_limit == 3600

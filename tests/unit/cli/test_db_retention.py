@@ -102,7 +102,11 @@ def test_stats_show_sizes_and_what_a_purge_removes_and_the_purge_removes_it(back
                                       "messages_to_delete": 2}
     assert snapshot() == unchanged
 
-    done = run("db", "purge", "--json")
+    refused = run("db", "purge", "--json")  # deleting is for good: asked first
+    assert refused.exit_code == 2 and "pass --yes" in refused.output
+    assert "delete 2 messages and drop 3 payloads" in refused.output
+    assert snapshot() == unchanged
+    done = run("db", "purge", "--yes", "--json")
     assert done.exit_code == 0, done.output
     report = json.loads(done.stdout)
     assert (report["dry_run"], report["payloads_dropped"], report["messages_deleted"],
@@ -114,7 +118,7 @@ def test_stats_show_sizes_and_what_a_purge_removes_and_the_purge_removes_it(back
                                   "messages_to_delete": 0}
     assert after["tables"]["messages"]["rows"] == 4  # type: ignore[index]
     assert after["tables"]["audit"]["rows"] < tables["audit"]["rows"]  # type: ignore[index]
-    again = run("db", "purge")
+    again = run("db", "purge")  # nothing due: nothing to confirm
     assert again.exit_code == 0 and "deleted 0 messages" in again.stdout
 
 
@@ -132,7 +136,7 @@ def test_stats_print_a_table_and_the_purge_a_line(backend: str) -> None:
 def test_status_shows_the_purge_and_replay_refuses_the_message(backend: str) -> None:
     gone, kept = _ended(State.FAILED, 8), _ended(State.FAILED, 1)
     assert json.loads(run("status", gone, "--json").stdout)["payload_purged_at"] is None
-    assert run("db", "purge").exit_code == 0
+    assert run("db", "purge", "--yes").exit_code == 0
 
     info = json.loads(run("status", gone, "--json").stdout)
     assert info["state"] == "failed" and info["payload_purged_at"]

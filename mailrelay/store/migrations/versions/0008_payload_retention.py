@@ -8,8 +8,9 @@
   which for an ended message is when it ended: the job walks each oldest first and
   never scans the table. A message is written into the first once, when it ends.
 
-Both indexes are built inside the migration's transaction with the table locked: about
-a second per million messages on PostgreSQL. Run it at a quiet time. Nothing is dropped
+Both indexes are built inside the migration's transaction, each a full scan of
+``messages`` during which intake and delivery cannot write to it (not measured on a large
+table): on a large outbox, run it at a quiet time. Nothing is dropped
 until the new workers' beat job (or `mailrelay db purge`) runs.
 
 Revision ID: 0008
