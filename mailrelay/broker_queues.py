@@ -34,15 +34,25 @@ from typing import Any
 
 from kombu.entity import Exchange, Queue
 
+from mailrelay.config import is_amqp
+
+__all__ = [
+    "DEAD_LETTER_EXCHANGE",
+    "DEAD_LETTER_QUEUE",
+    "EXCHANGE",
+    "dead_letter_queue",
+    "declare_dead_letters",
+    "declared",
+    "is_amqp",
+    "queue_of",
+    "whole_seconds",
+]
+
 EXCHANGE = "mailrelay"
 DEAD_LETTER_EXCHANGE = "mailrelay.dead"
 DEAD_LETTER_QUEUE = "mailrelay.dead"
 # Native delayed delivery prefixes a routing key with the delay's bits ("1.0.1. ... .").
 _DELAY_PREFIX = re.compile(r"^(?:[01]\.)+")
-
-
-def is_amqp(broker_url: str) -> bool:
-    return broker_url.split(":", 1)[0] in ("amqp", "amqps", "pyamqp")
 
 
 def declared(name: str, *, amqp: bool, delivery_limit: int, dead_letters: bool = True) -> Any:

@@ -349,8 +349,7 @@ def _check_together(settings: Settings) -> None:
             "MAILRELAY_COUNTDOWN_MAX"
         )
     longest_hold = max(settings.deliver_time_limit + 60, settings.intake_time_limit + 15)
-    if (settings.broker_url.split(":", 1)[0] in ("amqp", "amqps")
-            and settings.broker_consumer_timeout <= longest_hold):
+    if is_amqp(settings.broker_url) and settings.broker_consumer_timeout <= longest_hold:
         # RabbitMQ closes the channel of a consumer that holds a task unacknowledged longer,
         # and requeues every task on it: each runs again and counts towards the delivery
         # limit. A task is held until its hard time limit at most (countdowns wait in the
@@ -373,6 +372,11 @@ def _check_together(settings: Settings) -> None:
         # retention would become a second message, and a second send.
         raise ConfigError(
             "MAILRELAY_ROW_RETENTION must be at least MAILRELAY_IDEMPOTENCY_RETENTION")
+
+
+def is_amqp(broker_url: str) -> bool:
+    """Whether the broker is RabbitMQ (else Redis)."""
+    return urlsplit(broker_url).scheme in ("amqp", "amqps", "pyamqp")
 
 
 def mask_url(value: str) -> str:

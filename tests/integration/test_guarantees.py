@@ -144,22 +144,31 @@ for n in range(int(sys.argv[1])):
 """
 
 
+def sent_once_across_a_restart(emulator: EmulatorHandle, env: dict[str, str],
+                               start_worker: Callable[..., Worker], restart: Callable[[], None],
+                               what: str) -> Worker:
+    """200 sends in flight through a worker with ``env``, ``restart`` after the first 20;
+    every message received exactly once in the end (the reconciler running as beat would)."""
+    emulator.client.inject(endpoint="gmail.send", latency_ms=100)
+    worker = start_worker("mailrelay.gmail", concurrency=4, extra_env=env)
+    subprocess.run([sys.executable, "-c", SUBMIT, "200", SENDER, RECIPIENT], env={**os.environ, **env},
+                   cwd=ROOT, check=True, timeout=120)
+    wait_for(lambda: sent_count() >= 20, 60, "the first sends")
+    restart()
+    assert sent_count() < 200, "the restart came too late to test anything"
+    with Reconciler(env=env):
+        wait_for(lambda: sent_count() == 200, 240, f"all 200 sent after {what}")
+    ids = [row[0] for row in query("SELECT id FROM messages")]
+    assert_each_received_once(emulator, ids, RECIPIENT)
+    return worker
+
+
 def test_redis_restarted_empty_with_200_in_flight(emulator: EmulatorHandle, gmail_account: str,
                                                   fast_settings: dict[str, str],
                                                   private_redis: PrivateRedis,
                                                   start_worker: Callable[..., Worker]) -> None:
-    env = {**fast_settings, **private_redis.env}
-    emulator.client.inject(endpoint="gmail.send", latency_ms=100)
-    start_worker("mailrelay.gmail", concurrency=4, extra_env=env)
-    subprocess.run([sys.executable, "-c", SUBMIT, "200", SENDER, RECIPIENT], env={**os.environ, **env},
-                   cwd=ROOT, check=True, timeout=120)
-    wait_for(lambda: sent_count() >= 20, 60, "the first sends")
-    private_redis.restart_empty()
-    assert sent_count() < 200, "the restart came too late to test anything"
-    with Reconciler(env=env):
-        wait_for(lambda: sent_count() == 200, 240, "all 200 sent after Redis lost everything")
-    ids = [row[0] for row in query("SELECT id FROM messages")]
-    assert_each_received_once(emulator, ids, RECIPIENT)
+    sent_once_across_a_restart(emulator, {**fast_settings, **private_redis.env}, start_worker,
+                               private_redis.restart_empty, "Redis lost everything")
 
 
 class PrivateRabbitMQ:
@@ -226,17 +235,8 @@ def test_rabbitmq_restarted_with_200_in_flight(emulator: EmulatorHandle, gmail_a
                                                private_rabbitmq: PrivateRabbitMQ,
                                                start_worker: Callable[..., Worker]) -> None:
     env = {**fast_settings, "MAILRELAY_BROKER_URL": private_rabbitmq.url}
-    emulator.client.inject(endpoint="gmail.send", latency_ms=100)
-    worker = start_worker("mailrelay.gmail", concurrency=4, extra_env=env)
-    subprocess.run([sys.executable, "-c", SUBMIT, "200", SENDER, RECIPIENT], env={**os.environ, **env},
-                   cwd=ROOT, check=True, timeout=120)
-    wait_for(lambda: sent_count() >= 20, 60, "the first sends")
-    private_rabbitmq.restart()
-    assert sent_count() < 200, "the restart came too late to test anything"
-    with Reconciler(env=env):
-        wait_for(lambda: sent_count() == 200, 240, "all 200 sent after RabbitMQ restarted")
-    ids = [row[0] for row in query("SELECT id FROM messages")]
-    assert_each_received_once(emulator, ids, RECIPIENT)
+    worker = sent_once_across_a_restart(emulator, env, start_worker, private_rabbitmq.restart,
+                                        "RabbitMQ restarted")
     # The worker came back to the broker by itself, and is still the one sending.
     assert worker.process.poll() is None
     assert "Connection to broker lost" in worker.log_path.read_text(errors="replace")
