@@ -47,10 +47,19 @@ def declared_queues() -> list[Any]:
             for name in queue_names()]
 
 
+# Redis: a broker that stops answering without closing the connection (frozen, failed
+# over, behind a dead NAT entry) would hold every publish forever, the reconciler's on the
+# solo control worker included. A command unanswered for this long fails the publish;
+# consuming is unaffected (kombu's BRPOP waits 1 s per call).
+REDIS_SOCKET_TIMEOUT = 15.0
+REDIS_CONNECT_TIMEOUT = 5.0
+
+
 def _broker_options(broker_url: str, visibility_timeout: int) -> dict[str, object]:
     if broker_queues.is_amqp(broker_url):
         return {"confirm_publish": True}
-    return {"visibility_timeout": visibility_timeout}
+    return {"visibility_timeout": visibility_timeout, "socket_timeout": REDIS_SOCKET_TIMEOUT,
+            "socket_connect_timeout": REDIS_CONNECT_TIMEOUT}
 
 
 def _beat_schedule() -> dict[str, dict[str, object]]:

@@ -15,10 +15,12 @@ from typing import Any
 
 from celery.result import AsyncResult
 
+from mailrelay import notify
 from mailrelay.celery_app import INTAKE_QUEUE, REDACTED_KWARGS, SEND_TASK, app
 from mailrelay.intake import take_in
 from mailrelay.store import outbox
 from mailrelay.store.outbox import IntakeResult
+from mailrelay.tasks.outcomes import publish_outcome
 from mailrelay.tasks.routing import enqueue_delivery
 
 
@@ -44,6 +46,8 @@ def submit(message: dict[str, Any], *, request_id: str | None = None,
     ``NotEnqueued`` (carrying the result) when the message is stored but the broker is away.
     """
     accepted = take_in(message, request_id=request_id or f"client:{uuid.uuid4()}", actor=actor)
+    # A rejection that asked to be told (never raises: the reconciler has it otherwise).
+    notify.publish(accepted.result.notification, publish_outcome)
     if accepted.should_route and accepted.provider:
         try:
             enqueue_delivery(accepted.result.message_id, accepted.provider)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mailrelay import outcome_target
 from mailrelay.errors import ConfigError
 
 PREFIX = "MAILRELAY_"
@@ -104,6 +105,17 @@ def _database_url(raw: str) -> str:
         raise ValueError("mailrelay ships the psycopg2 driver: write postgresql://... "
                          "(or postgresql+psycopg2://...)")
     return _url("sqlite", "postgresql+psycopg2")(raw)
+
+
+def _outcome_name(problem: Callable[[str], str | None]) -> Callable[[str], str]:
+    def coerce(raw: str) -> str:
+        value = raw.strip()
+        reason = problem(value) if value else None
+        if reason:
+            raise ValueError(reason)
+        return value
+
+    return coerce
 
 
 def _optional_url(*schemes: str) -> Callable[[str], str]:
@@ -198,6 +210,15 @@ TABLE: tuple[Setting, ...] = (
     Setting("reconcile_after", _int(10, 86400), "120",
             "seconds a message may sit untouched (queued, due, or with an expired lease) before "
             "the reconciler re-enqueues it"),
+    # Outcome notifications (mailrelay/notify.py)
+    Setting("notify_task", _outcome_name(outcome_target.task_problem), "",
+            "the task published with every message's outcome unless the message names its own "
+            "`notify`; set with MAILRELAY_NOTIFY_QUEUE, or neither"),
+    Setting("notify_queue", _outcome_name(outcome_target.queue_problem), "",
+            "the queue MAILRELAY_NOTIFY_TASK is published to"),
+    Setting("notify_retry_after", _float(1, 3600), "30",
+            "seconds an outcome notification may stay unpublished before the reconciler "
+            "publishes it (again); doubles per failed try, up to 10 minutes"),
     Setting("retry_max_attempts", _int(1, 100), "10", "attempts before a retryable error fails"),
     Setting("retry_max_age", _int(60, 7 * 86400), "86400", "seconds after intake that retries stop"),
     Setting("idempotency_retention", _int(60, 90 * 86400), "86400",
@@ -281,6 +302,9 @@ class Settings:
     delivery_limit: int
     broker_consumer_timeout: int
     reconcile_after: int
+    notify_task: str
+    notify_queue: str
+    notify_retry_after: float
     retry_max_attempts: int
     retry_max_age: int
     idempotency_retention: int
@@ -358,6 +382,9 @@ def _check_together(settings: Settings) -> None:
             "MAILRELAY_BROKER_CONSUMER_TIMEOUT must exceed MAILRELAY_DELIVER_TIME_LIMIT + 60 "
             "and MAILRELAY_INTAKE_TIME_LIMIT + 15 (each task's hard time limit)"
         )
+    if bool(settings.notify_task) != bool(settings.notify_queue):
+        raise ConfigError("MAILRELAY_NOTIFY_TASK and MAILRELAY_NOTIFY_QUEUE go together: set both "
+                          "or neither")
     if settings.retry_cap < settings.retry_base:
         raise ConfigError("MAILRELAY_RETRY_CAP must be at least MAILRELAY_RETRY_BASE")
     if settings.idempotency_retention < settings.retry_max_age:

@@ -50,6 +50,7 @@ from mailrelay.metrics import (
 from mailrelay.providers.base import Outbound, ProviderAdapter, TokenSource, guarded
 from mailrelay.retry import RetryLimits, decide
 from mailrelay.store import outbox
+from mailrelay.store.notifications import Pending
 from mailrelay.store.outbox import Claim, Outcome
 from mailrelay.store.states import State
 
@@ -68,6 +69,8 @@ class Report:
     state: str | None
     provider: str | None = None
     retry_in: float | None = None
+    # The outcome notification the finish wrote: the task publishes it.
+    notification: Pending | None = None
 
 
 def deliver(message_id: str, *, worker: str) -> Report:
@@ -101,7 +104,7 @@ def deliver(message_id: str, *, worker: str) -> Report:
         log.warning("lease lost before the attempt finished; the new owner decides")
         return Report(message_id, None, claim.provider)
     retry_in = _countdown(outcome.next_attempt_at) if outcome.state is State.RETRYING else None
-    return Report(message_id, outcome.state.value, claim.provider, retry_in)
+    return Report(message_id, outcome.state.value, claim.provider, retry_in, held.notification)
 
 
 def _countdown(at: dt.datetime | None) -> float | None:

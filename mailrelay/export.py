@@ -108,6 +108,12 @@ def registry_for(reading: gauges.OutboxGauges, queues: Mapping[str, QueueStats],
     for provider, (state, percent) in reading.rollouts.items():
         rollout_state.add_metric([provider, state], 1)
         stage.add_metric([provider], percent)
+    gauge("mailrelay_notifications_pending",
+          "Outcome notifications not yet accepted by the broker").add_metric(
+        [], reading.notifications.pending)
+    gauge("mailrelay_notifications_oldest_pending_age_seconds",
+          "Age of the oldest outcome notification not yet published (0: none)").add_metric(
+        [], reading.notifications.oldest_age)
     length = gauge("mailrelay_queue_length", "Messages waiting in the Celery queue",
                    ("queue", "provider"))
     consumers = gauge("mailrelay_queue_consumers", "Workers consuming the Celery queue",

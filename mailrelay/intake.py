@@ -13,15 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mailrelay import providers
+from mailrelay import outcome_target, providers
 from mailrelay.config import get_settings
 from mailrelay.content import policy as content_policy
 from mailrelay.errors import ValidationError
-from mailrelay.message import Message, validate
+from mailrelay.message import Message, lenient_metadata, thaw, validate
 from mailrelay.metrics import INTAKE
+from mailrelay.outcome_target import Target
 from mailrelay.providers import fit
 from mailrelay.rollout import gate
-from mailrelay.store import outbox
+from mailrelay.store import notifications, outbox
 from mailrelay.store.outbox import AccountRef, IntakeResult
 
 # An HTML body at least this long is worth one lookup of an earlier delivery of the same
@@ -60,11 +61,13 @@ def take_in(raw: object, *, request_id: str | None, actor: str) -> Accepted:
         result = outbox.accept(message, account, request_id=request_id, actor=actor,
                                size_bytes=size, content_hash=content_hash,
                                html_removed=applied.html_removed, provider=route.provider,
-                               via=route.via, route=route.as_json(), refuse=route.refused)
+                               via=route.via, route=route.as_json(), refuse=route.refused,
+                               notify=_notify_column(message.notify, message.metadata))
     except ValidationError as err:
         result = outbox.reject(raw, err, request_id=request_id, actor=actor, account=account,
                                from_address=_raw_from(raw),
-                               route=route.as_json() if route and route.refused is err else None)
+                               route=route.as_json() if route and route.refused is err else None,
+                               notify=_refused_notify(raw))
         INTAKE.labels(result="rejected", code=err.code).inc()
         return Accepted(result, None)
     INTAKE.labels(result="accepted" if result.created else "repeated", code="").inc()
@@ -102,6 +105,25 @@ def _provider_for(message: Message, account: AccountRef) -> str:
     return provider
 
 
+def _default_target() -> Target | None:
+    settings = get_settings()
+    return outcome_target.configured(settings.notify_task, settings.notify_queue)
+
+
+def _notify_column(target: Target | None, metadata: object) -> str | None:
+    """Where the outcome goes: the request's ``notify``, else the configured default."""
+    target = target or _default_target()
+    if target is None:
+        return None
+    return notifications.target_json(target.task, target.queue, thaw(metadata))
+
+
+def _refused_notify(raw: object) -> str | None:
+    """A refused request is reported where it asked (if that much of it is valid), else
+    to the default; with its metadata if that is valid."""
+    return _notify_column(outcome_target.lenient(raw), lenient_metadata(raw))
+
+
 def _raw_from(raw: object) -> str | None:
     if isinstance(raw, dict):
         value = raw.get("from")
@@ -116,11 +138,15 @@ def reject_overtime(raw: object, *, request_id: str | None, actor: str) -> Intak
     err = ValidationError("intake_timeout", f"intake did not finish with the request within "
                           f"{get_settings().intake_time_limit} s")
     INTAKE.labels(result="rejected", code=err.code).inc()
-    return outbox.reject(raw, err, request_id=request_id, actor=actor, from_address=_raw_from(raw))
+    return outbox.reject(raw, err, request_id=request_id, actor=actor, from_address=_raw_from(raw),
+                         notify=_refused_notify(raw))
 
 
-def reject_call(detail: str, *, request_id: str | None, actor: str) -> IntakeResult:
-    """A task call that carries no message at all (wrong arguments)."""
+def reject_call(detail: str, *, request_id: str | None, actor: str,
+                raw: object = None) -> IntakeResult:
+    """A task call with wrong arguments (``raw``: its message, if it carried one, whose
+    ``notify`` is told; nothing of it is stored)."""
     err = ValidationError("invalid_message", detail)
     INTAKE.labels(result="rejected", code=err.code).inc()
-    return outbox.reject(None, err, request_id=request_id, actor=actor)
+    return outbox.reject(None, err, request_id=request_id, actor=actor,
+                         notify=_refused_notify(raw))

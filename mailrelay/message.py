@@ -35,6 +35,8 @@ from mailrelay.addressing import (
     unstructured_tokens,
 )
 from mailrelay.errors import ValidationError
+from mailrelay.outcome_target import Target
+from mailrelay.outcome_target import parse as parse_target
 
 __all__ = [
     "Attachment",
@@ -60,7 +62,7 @@ MAX_METADATA_DEPTH = 32
 
 _FIELDS = frozenset({
     "from", "to", "cc", "bcc", "reply_to", "subject", "text", "html", "attachments",
-    "inline", "headers", "idempotency_key", "metadata", "provider",
+    "inline", "headers", "idempotency_key", "metadata", "provider", "notify",
 })
 _ATTACHMENT_KEYS = ("filename", "content_type", "content")
 _RESERVED_HEADERS = frozenset({
@@ -112,6 +114,9 @@ class Message:
     # Left out of hash(): a mapping proxy is unhashable and would make Message so.
     metadata: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), hash=False)
     provider: str | None = None
+    # Where the producer wants to hear how the message ended (not content, not part of
+    # the payload or its hash: the outbox keeps it in a column of its own).
+    notify: Target | None = None
 
     @property
     def recipients(self) -> tuple[Mailbox, ...]:
@@ -210,6 +215,7 @@ def validate(
         idempotency_key=_idempotency_key(raw.get("idempotency_key")),
         metadata=_metadata(raw.get("metadata")),
         provider=_provider(raw.get("provider")),
+        notify=parse_target(raw["notify"]) if raw.get("notify") is not None else None,
     )
     if not seen:
         raise ValidationError("missing_recipient", "no recipient in to, cc or bcc")
@@ -419,6 +425,21 @@ def _provider(value: object) -> str | None:
         raise ValidationError("invalid_message", "must match [a-z][a-z0-9_]{0,31}",
                               field="provider")
     return provider
+
+
+def lenient_metadata(raw: object) -> Mapping[str, Any]:
+    """The metadata of a request that is being refused, if it is valid; else none."""
+    if not isinstance(raw, dict):
+        return MappingProxyType({})
+    try:
+        return _metadata(raw.get("metadata"))
+    except ValidationError:
+        return MappingProxyType({})
+
+
+def thaw(value: object) -> Any:
+    """Plain dicts and lists out of the frozen forms (for JSON)."""
+    return _thaw(value)
 
 
 def _metadata(value: object) -> Mapping[str, Any]:

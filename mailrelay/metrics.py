@@ -30,6 +30,9 @@ RECONCILE_RUNS = Counter("mailrelay_reconcile_runs_total",
 RETENTION_REMOVED = Counter("mailrelay_retention_removed_total",
                             "What the retention job removed from the outbox, by kind "
                             "(payloads, messages, attempts, audit)", ["kind"])
+NOTIFICATIONS = Counter("mailrelay_notifications_total",
+                        "Outcome notification publishes, by result (published, failed) and the "
+                        "failure's code", ["result", "code"])
 LEASES_LOST = Counter("mailrelay_leases_lost_total",
                       "Attempts that ended after another worker took the message over",
                       ["provider"])

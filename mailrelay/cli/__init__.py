@@ -20,6 +20,7 @@ from mailrelay.cli import (
     drill,
     emulator,
     flower,
+    notify,
     oncall,
     queues,
     reconcile,
@@ -41,7 +42,7 @@ def cli() -> None:
 
 
 for module in (send, status, accounts, auth, rollout, db, worker, demo, bench, beat, flower,
-               emulator, scenarios, drill, queues, reconcile):
+               emulator, scenarios, drill, queues, reconcile, notify):
     cli.add_command(module.command)
 cli.add_command(oncall.failed)
 cli.add_command(oncall.rejected)

@@ -60,10 +60,13 @@ from mailrelay.cli.output import emit_json, json_option
                                      "PostgreSQL gives the production picture.")
 @click.option("--rollout", is_flag=True,
               help="Set a rollout on the provider at 100% first: every intake goes through the gate.")
+@click.option("--notify", is_flag=True,
+              help="Also run rounds whose messages carry a notify (the outcome task published "
+                   "to a queue of the bench's): the cost of outcome notifications.")
 @json_option
 def command(provider: str, messages: int, rounds: int, concurrency: int, latency_ms: str,
             producers: int, intake_concurrency: int | None, herd: int, database_url: str | None,
-            rollout: bool, as_json: bool) -> None:
+            rollout: bool, notify: bool, as_json: bool) -> None:
     """Measure intake rate, delivery throughput against a bare Celery task, overhead and CPU
     per send, the token herd and worker memory, in one run."""
     try:
@@ -83,13 +86,14 @@ def command(provider: str, messages: int, rounds: int, concurrency: int, latency
             _set_rollout(provider)
         result = _run(stack, kind, latencies, messages=messages, rounds=rounds,
                       concurrency=concurrency, producers=producers,
-                      intake_concurrency=intake_concurrency, herd=herd if provider == "gmail" else 0)
+                      intake_concurrency=intake_concurrency, herd=herd if provider == "gmail" else 0,
+                      notify=notify)
     result["settings"] = {
         "provider": provider, "database": get_settings().database_url.split(":")[0].split("+")[0],
         "broker": get_settings().broker_url.split(":")[0], "latency_ms": latencies,
         "messages": messages, "rounds": rounds, "concurrency": concurrency,
         "producers": producers, "intake_concurrency": intake_concurrency or _intake_default(),
-        "herd": herd if provider == "gmail" else 0, "rollout": rollout,
+        "herd": herd if provider == "gmail" else 0, "rollout": rollout, "notify": notify,
         "cpus": os.cpu_count()}
     if as_json:
         emit_json(result)
@@ -135,7 +139,7 @@ def _intake_default() -> int:
 
 def _run(stack: Any, provider: Provider, latencies: list[int], *, messages: int, rounds: int,
          concurrency: int, producers: int, intake_concurrency: int | None,
-         herd: int) -> dict[str, Any]:
+         herd: int, notify: bool = False) -> dict[str, Any]:
     service_pids = services()
     intake = stack.start_worker("intake", concurrency=intake_concurrency)
     _wait_ready(stack, "worker-intake", f"intake@{socket.gethostname()}")
@@ -162,6 +166,10 @@ def _run(stack: Any, provider: Provider, latencies: list[int], *, messages: int,
             rig.take_in(warm)
             rig.relay(warm)
             sample = Sample(latency)
+            if notify:
+                _outcome_queue("declare")
+                rig.take_in(warm, notify=OUTCOMES)
+                rig.relay(warm, notified=True)
             for _ in range(rounds):
                 sample.bare.append(rig.bare(messages))
                 intake_bare.append(rig.take_in_bare(messages))
@@ -169,6 +177,10 @@ def _run(stack: Any, provider: Provider, latencies: list[int], *, messages: int,
                 relayed, overheads = rig.relay(messages)
                 sample.relay.append(relayed)
                 sample.overhead_ms.extend(overheads)
+                if notify:
+                    rig.take_in(messages, notify=OUTCOMES)
+                    sample.notify.append(rig.relay(messages, notified=True)[0])
+                    _outcome_queue("purge")
             samples.append(sample)
             if herd and herd_result is None:
                 herd_result = rig.herd(herd, latency)
@@ -178,6 +190,8 @@ def _run(stack: Any, provider: Provider, latencies: list[int], *, messages: int,
             _stop(worker)
     finally:
         pool.close()
+        if notify:
+            _outcome_queue("delete")
     by_latency = [s.summary() for s in samples]
     head = dict(by_latency[0])
     head.pop("latency_ms")
@@ -199,6 +213,26 @@ def _run(stack: Any, provider: Provider, latencies: list[int], *, messages: int,
     }
     result["targets"] = targets(result)
     return result
+
+
+# Where the bench's outcome tasks go: a queue of its own that nobody consumes (purged after
+# each round, deleted at the end).
+OUTCOMES = {"task": "bench.mail_outcome", "queue": "bench.outcomes"}
+
+
+def _outcome_queue(action: str) -> None:
+    from kombu.entity import Queue
+
+    from mailrelay.celery_app import app
+
+    with app.connection_for_write() as connection:
+        channel = connection.default_channel
+        if action == "declare":  # as a producer's worker would (RabbitMQ refuses it otherwise)
+            Queue(OUTCOMES["queue"], durable=True)(channel).declare()  # type: ignore[no-untyped-call]
+        elif action == "purge":
+            channel.queue_purge(OUTCOMES["queue"])
+        else:
+            channel.queue_delete(OUTCOMES["queue"])
 
 
 def get_settings_broker() -> str:

@@ -38,10 +38,13 @@ def _connect(broker_url: str) -> None:
     _producer.connection_for_write().ensure_connection(max_retries=3)
 
 
-def _publish(job: tuple[str, str, int, int]) -> int:
-    task, sender, first, count = job
+def _publish(job: tuple[str, str, int, int, dict[str, str] | None]) -> int:
+    task, sender, first, count, notify = job
     for i in range(first, first + count):
-        _producer.send_task(task, queue=_intake, kwargs={"message": message(sender, i)})
+        body = message(sender, i)
+        if notify:
+            body["notify"] = notify
+        _producer.send_task(task, queue=_intake, kwargs={"message": body})
     return count
 
 
@@ -53,15 +56,17 @@ class Producers:
         context = multiprocessing.get_context("spawn")
         self._pool: Pool = context.Pool(processes, initializer=_connect, initargs=(broker_url,))
 
-    def publish(self, sender: str, first: int, count: int, task: str = SEND_TASK) -> None:
+    def publish(self, sender: str, first: int, count: int, task: str = SEND_TASK,
+                notify: dict[str, str] | None = None) -> None:
         """Publish ``count`` sends numbered from ``first`` (as ``task``: ``mailrelay.send``,
-        or the bench's baseline); returns when all are published."""
+        or the bench's baseline), each with ``notify`` if given; returns when all are
+        published."""
         share, extra = divmod(count, self.processes)
         jobs, start = [], first
         for n in range(self.processes):
             size = share + (1 if n < extra else 0)
             if size:
-                jobs.append((task, sender, start, size))
+                jobs.append((task, sender, start, size, notify))
             start += size
         published = sum(self._pool.map(_publish, jobs, chunksize=1))
         if published != count:

@@ -37,6 +37,10 @@ def unfinished() -> int:
                        "WHERE state IN ('queued', 'sending', 'retrying')") or 0)
 
 
+def pending_notifications() -> int:
+    return int(_scalar("SELECT count(*) FROM notifications WHERE state = 'pending'") or 0)
+
+
 def wait(done: Callable[[], bool], what: str, timeout: float = 600) -> float:
     deadline = time.monotonic() + timeout
     while not done():
@@ -108,16 +112,16 @@ class Rig:
                 "access_token": self.provider.token}, queue=self.provider.queue)
         return self._drain(n, lambda: self.provider.delivered() >= before + n)
 
-    def take_in(self, n: int) -> Round:
-        """Publish ``n`` sends through the producers (the consumer paused); timed until all
-        are stored and on the provider's queue."""
+    def take_in(self, n: int, notify: dict[str, str] | None = None) -> Round:
+        """Publish ``n`` sends through the producers (the consumer paused), each with
+        ``notify`` if given; timed until all are stored and on the provider's queue."""
         from mailrelay.tasks.queue_stats import lengths
 
         self._control("pause")
         meter = bench_proc.CpuMeter({"intake": self.intake.pid, **self.services})
         meter.start()
         start = time.monotonic()
-        self.producers.publish(SENDERS[self.provider.name], self.numbered, n)
+        self.producers.publish(SENDERS[self.provider.name], self.numbered, n, notify=notify)
         self.numbered += n
         end = wait(lambda: lengths([self.provider.queue])[self.provider.queue] >= n,
                     f"{n} messages routed to {self.provider.queue}")
@@ -147,8 +151,10 @@ class Rig:
         return Round(n / (end - start), cpu * 1000 / n,
                      {name: round(value * 1000 / n, 3) for name, value in meter.parts.items()})
 
-    def relay(self, n: int) -> tuple[Round, list[float]]:
-        """Deliver the ``n`` messages intake queued; the round and each attempt's overhead."""
+    def relay(self, n: int, notified: bool = False) -> tuple[Round, list[float]]:
+        """Deliver the ``n`` messages intake queued; the round and each attempt's overhead.
+        ``notified``: they carry a ``notify``, and the round also waits for every outcome
+        to be published."""
         ids = [str(row) for row in _queued_ids()]
         before = self.provider.delivered()
         last_query = [time.monotonic()]
@@ -161,7 +167,7 @@ class Rig:
             if self.provider.delivered() < before + n and time.monotonic() - last_query[0] < 1:
                 return False
             last_query[0] = time.monotonic()
-            return unfinished() == 0
+            return unfinished() == 0 and (not notified or pending_notifications() == 0)
 
         result = self._drain(n, done)
         failed = _scalar("SELECT count(*) FROM messages WHERE state = 'failed'")

@@ -3,6 +3,7 @@
 For when beat is down, or after Redis lost its queues: every message `queued` or due
 `retrying` and untouched for MAILRELAY_RECONCILE_AFTER seconds, or `sending` with an
 expired lease, gets a new task. Publishing twice is harmless: the claim decides who sends.
+Outcome notifications that are due (their worker could not publish them) are published.
 """
 
 from __future__ import annotations
@@ -37,15 +38,19 @@ def command(dry_run: bool, as_json: bool) -> None:
                   "ids": [item.message_id for item in found]}
     else:
         from mailrelay.cli import preflight
+        from mailrelay.notify import republish_due
         from mailrelay.reconcile import reconcile
+        from mailrelay.tasks.outcomes import publish_outcome
         from mailrelay.tasks.routing import enqueue_delivery
 
         preflight.check_broker()
-        result = {"dry_run": False, "enqueued": reconcile(enqueue_delivery)}
+        result = {"dry_run": False, "enqueued": reconcile(enqueue_delivery),
+                  "notifications_published": republish_due(publish_outcome)}
     if as_json:
         emit_json(result)
     elif dry_run:
         states = ", ".join(f"{n} {state}" for state, n in sorted(by_state.items())) or "none"
         click.echo(f"would re-enqueue {len(found)} stranded messages ({states})")
     else:
-        click.echo(f"re-enqueued {result['enqueued']} stranded messages")
+        click.echo(f"re-enqueued {result['enqueued']} stranded messages; published "
+                   f"{result['notifications_published']} due outcome notifications")

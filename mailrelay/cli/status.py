@@ -79,3 +79,9 @@ def _show(info: dict[str, Any]) -> None:
                                  "worker", "detail"], title="attempts")
     table(info["history"], ["at", "action", "from_state", "to_state", "code", "actor", "reason"],
           title="history")
+    if info.get("notify"):
+        click.echo(f"{'notify':>20}: {info['notify']['task']} on {info['notify']['queue']}")
+    if info.get("notifications"):
+        table(info["notifications"], ["outcome", "replays", "state", "created_at",
+                                      "published_at", "tries", "last_error"],
+              title="outcome notifications")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import and_, case, func, select
 
+from mailrelay.store import notifications
 from mailrelay.store.db import db_errors, db_now, get_engine
 from mailrelay.store.models import ACCOUNTS, MESSAGES, ROLLOUTS
 from mailrelay.store.states import State
@@ -36,6 +37,9 @@ class OutboxGauges:
     failed_last_hour: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, code)
     accounts: dict[tuple[str, str], int] = field(default_factory=dict)  # (provider, state)
     rollouts: dict[str, tuple[str, float]] = field(default_factory=dict)  # provider → (state, %)
+    # Outcome notifications not yet accepted by the broker (ix_notifications_pending).
+    notifications: notifications.Backlog = field(
+        default_factory=lambda: notifications.Backlog(0, 0.0))
 
 
 def _seconds(now: dt.datetime, then: dt.datetime | None) -> float:
@@ -93,4 +97,5 @@ def read() -> OutboxGauges:
         for row in conn.execute(select(ROLLOUTS.c.provider, ROLLOUTS.c.state,
                                        ROLLOUTS.c.percent_bp)):
             gauges.rollouts[row.provider] = (row.state, row.percent_bp / 100)
+        gauges.notifications = notifications.backlog(conn, now)
     return gauges

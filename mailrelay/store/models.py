@@ -1,4 +1,5 @@
-"""The outbox schema: accounts, messages, attempts, audit, sink deliveries, rollouts.
+"""The outbox schema: accounts, messages, attempts, audit, notifications, sink deliveries,
+rollouts.
 
 The database is the source of truth for every message; the broker only carries ids.
 Columns needed by later guarantees (leases, verify-before-send, next_attempt_at,
@@ -184,6 +185,50 @@ class MessageRow(Base):
     # When the retention job dropped the payload; the rest of the row (hash, size,
     # Message-ID, provider id) and its attempts and audit stay until the row goes.
     payload_purged_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # Where the producer wants to hear how the message ended, as JSON {"task", "queue",
+    # "metadata"} (the producer's own metadata, kept apart from the payload: it outlives
+    # the payload's retention, and the finish reads it without parsing the content).
+    # NULL: nobody is told.
+    notify: Mapped[str | None] = mapped_column(Text)
+
+
+NOTIFY_PENDING = "state = 'pending'"
+
+
+class Notification(Base):
+    """The obligation to tell a producer how its message ended (mailrelay/notify.py).
+
+    Written in the transaction that moves the message to a final state; ``pending``
+    until the broker has accepted the outcome task, then ``published``. One per life of
+    the message: ``replays`` is the message's replay count when it ended.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("message_id", "replays", name="uq_notifications_message_replays"),
+        # The reconciler's and `notify pending`'s walk: pending ones only, due first.
+        Index("ix_notifications_pending", "next_try_at",
+              postgresql_where=text(NOTIFY_PENDING), sqlite_where=text(NOTIFY_PENDING)),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    message_id: Mapped[str] = mapped_column(ForeignKey("messages.id"))
+    replays: Mapped[int] = mapped_column(Integer)
+    # The message's final state this notification reports: sent, failed or rejected.
+    outcome: Mapped[str] = mapped_column(String(20))
+    state: Mapped[str] = mapped_column(String(20))  # pending | published
+    task: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(200))
+    # The task's kwargs as JSON: ids, codes and the producer's metadata, never content.
+    kwargs: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    # When the reconciler may publish it (again): a while after it was written, so that
+    # it does not race the worker's own publish; later after each failed try.
+    next_try_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    tries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # The stable code of the last failed publish (broker_unavailable, queue_not_found).
+    last_error: Mapped[str | None] = mapped_column(String(64))
 
 
 class Attempt(Base):
@@ -311,3 +356,4 @@ AUDIT = cast(Table, AuditEntry.__table__)
 SINK_DELIVERIES = cast(Table, SinkDelivery.__table__)
 ROLLOUTS = cast(Table, Rollout.__table__)
 ROLLOUT_DECISIONS = cast(Table, RolloutDecision.__table__)
+NOTIFICATIONS = cast(Table, Notification.__table__)

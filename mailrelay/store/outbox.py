@@ -30,13 +30,15 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from mailrelay.config import get_settings
 from mailrelay.errors import ValidationError
 from mailrelay.message import Message, make_message_id
-from mailrelay.store import pg_fastpath
+from mailrelay.store import notifications, pg_fastpath
 from mailrelay.store.db import db_errors, get_autocommit_engine, get_engine
 from mailrelay.store.db import db_now as database_now
 from mailrelay.store.models import ACCOUNTS, ATTEMPTS, AUDIT, MESSAGES
-from mailrelay.store.states import State, check
+from mailrelay.store.notifications import Pending
+from mailrelay.store.states import FINAL, State, check
 
 messages = MESSAGES
 attempts = ATTEMPTS
@@ -93,6 +95,12 @@ _RECORD_LATE_SENT = (
 )
 _FINISH_SENT = _FINISH.values(provider_message_id=bindparam("p_provider_id"),
                               sent_at=bindparam("p_now"))
+# What an outcome notification needs of the message, in the finish's own statement (the
+# same columns pg_fastpath.FINISH_SQL's ``moved`` returns).
+_OUTCOME_COLUMNS = (_m.notify, _m.replays, _m.provider, _m.provider_message_id,
+                    _m.rfc822_message_id, _m.attempt_count, _m.request_id)
+_FINISH = _FINISH.returning(*_OUTCOME_COLUMNS)
+_FINISH_SENT = _FINISH_SENT.returning(*_OUTCOME_COLUMNS)
 _CLOSE_ATTEMPT = (
     update(attempts).where(attempts.c.id == bindparam("p_attempt"))
     .values(finished_at=bindparam("p_now"), outcome=bindparam("p_outcome"),
@@ -145,6 +153,8 @@ class IntakeResult:
     created: bool
     # The provider that sends it (an earlier message's own, for a repeat).
     provider: str | None = None
+    # A rejection's outcome notification, written with it: to publish after the commit.
+    notification: Pending | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.message_id, "state": self.state, "error_code": self.error_code}
@@ -274,7 +284,7 @@ def accept(message: Message, account: AccountRef, *, request_id: str | None, act
            size_bytes: int, content_hash: str | None = None,
            html_removed: int | None = None, provider: str | None = None,
            via: AccountRef | None = None, route: str | None = None,
-           refuse: ValidationError | None = None) -> IntakeResult:
+           refuse: ValidationError | None = None, notify: str | None = None) -> IntakeResult:
     """Persist an accepted message as `queued`, or return the earlier one it repeats.
 
     ``content_hash`` identifies the producer's content for idempotency (default: the hash
@@ -300,7 +310,7 @@ def accept(message: Message, account: AccountRef, *, request_id: str | None, act
         "size_bytes": size_bytes, "recipient_count": len(message.recipients),
         "attempt_count": 0, "verify_before_send": False, "created_at": now, "updated_at": now,
         "html_removed": html_removed, "route": route,
-        "via_address": via.address if via else None,
+        "via_address": via.address if via else None, "notify": notify,
     }
     for _ in range(2):  # a concurrent twin may win the insert; the second pass finds it
         try:
@@ -360,9 +370,10 @@ def _find_earlier(conn: Connection, request_id: str | None, account_id: int, key
 
 def reject(raw: object, error: ValidationError, *, request_id: str | None, actor: str,
            account: AccountRef | None = None, from_address: str | None = None,
-           route: str | None = None) -> IntakeResult:
+           route: str | None = None, notify: str | None = None) -> IntakeResult:
     """Store a request that cannot be sent as `rejected`, with its code, once per request id
-    (``route``: the rollout gate's decision, when the gate refused it)."""
+    (``route``: the rollout gate's decision, when the gate refused it). With ``notify``
+    (the ``messages.notify`` column), the outcome notification is written with it."""
     now = utcnow()
     message_id = str(uuid.uuid4())
     row = dict(id=message_id, request_id=request_id, account_id=account.id if account else None,
@@ -370,7 +381,7 @@ def reject(raw: object, error: ValidationError, *, request_id: str | None, actor
                provider=account.provider if account else None, state=State.REJECTED.value,
                payload=_raw_payload(raw), error_code=error.code, error_detail=error.detail,
                attempt_count=0, verify_before_send=False, created_at=now, updated_at=now,
-               route=route)
+               route=route, notify=notify)
     for _ in range(2):
         try:
             with db_errors(), get_engine().begin() as conn:
@@ -381,7 +392,17 @@ def reject(raw: object, error: ValidationError, *, request_id: str | None, actor
                 conn.execute(insert(messages).values(row))
                 _audit(conn, message_id, actor, "intake", now=now, to_state=State.REJECTED,
                        code=error.code)
-                return IntakeResult(message_id, State.REJECTED, error.code, created=True)
+                pending = None
+                if notify is not None:
+                    kwargs = notifications.outcome_kwargs(
+                        message_id=message_id, state=State.REJECTED.value, error_code=error.code,
+                        provider=account.provider if account else None, provider_message_id=None,
+                        rfc822_message_id=None, attempts=0,
+                        metadata=json.loads(notify)["metadata"], replays=0,
+                        request_id=request_id)
+                    pending = notifications.write(conn, notify=notify, kwargs=kwargs, now=now)
+                return IntakeResult(message_id, State.REJECTED, error.code, created=True,
+                                    notification=pending)
         except IntegrityError:
             continue
     raise RuntimeError("intake could neither insert nor find the rejection")  # pragma: no cover
@@ -484,11 +505,49 @@ def renew(claim: Claim, *, lease_seconds: float) -> Renewal | None:
     return Renewal(float(lease_seconds), row.provider_message_id) if row else None
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What a finish did: ``held`` (false: the lease was lost, nothing moved; the object
+    is falsy then), and the outcome notification it wrote, to publish after the commit."""
+
+    held: bool
+    notification: Pending | None = None
+
+    def __bool__(self) -> bool:
+        return self.held
+
+
+def _notify_outcome(conn: Connection, message_id: str, outcome: Outcome, row: Any,
+                    now: dt.datetime) -> Pending | None:
+    """The obligation to publish a final outcome, if the message (``row``: the finish's
+    returned columns) has a ``notify``; what pg_fastpath.FINISH_SQL writes (the kwargs
+    equal as JSON, not byte for byte)."""
+    if row.notify is None:
+        return None
+    kwargs = notifications.outcome_kwargs(
+        message_id=message_id, state=outcome.state.value, error_code=outcome.code,
+        provider=row.provider, provider_message_id=row.provider_message_id,
+        rfc822_message_id=row.rfc822_message_id, attempts=row.attempt_count,
+        metadata=json.loads(row.notify)["metadata"], replays=row.replays,
+        request_id=row.request_id)
+    return notifications.write(conn, notify=row.notify, kwargs=kwargs, now=now)
+
+
+def _pending_from_row(row: Any) -> Pending | None:
+    if row is None or row.notification_id is None:
+        return None
+    kwargs = json.loads(row.kwargs)
+    return Pending(int(row.notification_id), kwargs["id"], row.task, row.queue, kwargs)
+
+
 def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
-           now: dt.datetime | None = None) -> bool:
+           now: dt.datetime | None = None) -> Finished:
     """Record the attempt and move the message on, only if this claim still holds the lease.
 
-    Returns False when the lease was lost (another worker took the message over); the
+    A final outcome (sent, failed) of a message with a ``notify`` writes its outcome
+    notification in the same transaction (``Finished.notification``).
+
+    Returns a falsy Finished when the lease was lost (another worker took the message over); the
     attempt row is still closed so that the history shows what this worker saw, and a
     provider id of a send that succeeded all the same goes on the message, so the new
     owner never sends it again. On PostgreSQL the times are the database's clock unless
@@ -510,8 +569,9 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
             "attempt_outcome": attempt_outcome, "attempt_detail": detail,
             "latency_ms": latency_ms, "note": outcome.note, "lost_reason": lost_reason,
             "retry_in": retry_in, "provider_ms": outcome.provider_ms,
+            "notify_retry_after": get_settings().notify_retry_after,
         })
-        return bool(row and row[0])
+        return Finished(bool(row and row.moved), _pending_from_row(row))
     now = now or outcome.ended_at or utcnow()
     params = {"p_id": claim.message_id, "p_owner": claim.owner, "p_state": outcome.state.value,
               "p_now": now, "p_verify": outcome.verify, "p_code": outcome.code,
@@ -520,20 +580,23 @@ def finish(claim: Claim, outcome: Outcome, *, latency_ms: int | None,
               "p_outcome": attempt_outcome, "p_attempt_detail": detail, "p_latency": latency_ms,
               "p_provider_ms": outcome.provider_ms,
               "p_verify_since": now if outcome.verify else None}
+    pending = None
     with db_errors(), get_engine().begin() as conn:
-        moved = conn.execute(_FINISH_SENT if sent else _FINISH, params).rowcount
+        moved = conn.execute(_FINISH_SENT if sent else _FINISH, params).first()
         conn.execute(_CLOSE_ATTEMPT, params)
-        if moved:
+        if moved is not None:
             _record_health(conn, claim.message_id, outcome, now)
             _audit(conn, claim.message_id, claim.owner, "finish", now=now,
                    from_state=State.SENDING, to_state=outcome.state, code=outcome.code,
                    reason=outcome.note)
+            if outcome.state in FINAL:
+                pending = _notify_outcome(conn, claim.message_id, outcome, moved, now)
         else:
             if sent and outcome.provider_message_id:
                 conn.execute(_RECORD_LATE_SENT, params)
             _audit(conn, claim.message_id, claim.owner, "lease_lost", now=now, code=outcome.code,
                    reason=lost_reason)
-    return bool(moved)
+    return Finished(moved is not None, pending)
 
 
 RATE_LIMITED_CODE = "rate_limited"
@@ -634,6 +697,7 @@ def status(message_id: str) -> dict[str, Any] | None:
                              .order_by(attempts.c.number)).all()
         history = conn.execute(select(audit).where(audit.c.message_id == message_id)
                                .order_by(audit.c.id)).all()
+        told = notifications.of_message(conn, message_id)
     return {
         "id": msg.id, "state": msg.state, "error_code": msg.error_code,
         "error_detail": msg.error_detail, "provider": msg.provider, "account": msg.from_address,
@@ -648,7 +712,17 @@ def status(message_id: str) -> dict[str, Any] | None:
         "payload_purged_at": _iso(msg.payload_purged_at),
         "attempts": [_attempt_dict(a) for a in tries],
         "history": [_audit_dict(h) for h in history],
+        # Where the outcome is published (null: nobody is told), and each notification.
+        "notify": _notify_target(msg.notify),
+        "notifications": told,
     }
+
+
+def _notify_target(notify: str | None) -> dict[str, str] | None:
+    if notify is None:
+        return None
+    target = json.loads(notify)
+    return {"task": target["task"], "queue": target["queue"]}
 
 
 def _attempt_dict(row: Any) -> dict[str, Any]:

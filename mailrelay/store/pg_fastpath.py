@@ -75,7 +75,7 @@ FROM claimed
 FINISH_SQL = """
 PREPARE mailrelay_finish(text, text, text, text, timestamp, boolean, text, text, timestamp,
                          boolean, text, text, text, integer, text, text, double precision,
-                         double precision) AS
+                         double precision, double precision) AS
 WITH clock AS (SELECT CLOCK5 AS now), moved AS (
     UPDATE messages
     SET prev_state = state, state = $4, updated_at = clock.now, lease_owner = NULL,
@@ -88,7 +88,8 @@ WITH clock AS (SELECT CLOCK5 AS now), moved AS (
         sent_at = CASE WHEN $10 THEN clock.now ELSE sent_at END
     FROM clock
     WHERE id = $1 AND state = 'sending' AND lease_owner = $2
-    RETURNING id, account_id, via_address
+    RETURNING id, account_id, via_address, notify, replays, provider, provider_message_id,
+              rfc822_message_id, attempt_count, request_id
 ), late AS (
     -- Sent after this worker lost its lease: the provider's id goes on the message all
     -- the same, so that whoever owns it now never sends it again.
@@ -118,8 +119,29 @@ WITH clock AS (SELECT CLOCK5 AS now), moved AS (
     UNION ALL
     SELECT $1, (SELECT now FROM clock), $2, 'lease_lost', NULL, NULL, $7, $16
     WHERE NOT EXISTS (SELECT 1 FROM moved)
+), notified AS (
+    -- A final outcome of a message with a notify: the obligation to publish it, in this
+    -- transaction (notifications.outcome_kwargs builds the same kwargs, equal as JSON).
+    INSERT INTO notifications (message_id, replays, outcome, state, task, queue, kwargs,
+                               created_at, next_try_at, tries)
+    SELECT moved.id, moved.replays, $4, 'pending', target.value->>'task',
+           target.value->>'queue',
+           json_build_object('id', moved.id, 'state', $4, 'error_code', $7,
+                             'provider', moved.provider,
+                             'provider_message_id', moved.provider_message_id,
+                             'rfc822_message_id', moved.rfc822_message_id,
+                             'attempts', moved.attempt_count,
+                             'metadata', target.value->'metadata',
+                             'replays', moved.replays,
+                             'request_id', moved.request_id)::text,
+           clock.now, clock.now + make_interval(secs => $19), 0
+    FROM moved CROSS JOIN clock CROSS JOIN LATERAL (SELECT moved.notify::json AS value) AS target
+    WHERE moved.notify IS NOT NULL AND $4 IN ('sent', 'failed')
+    RETURNING id, task, queue, kwargs
 )
-SELECT count(*) FROM moved
+SELECT (SELECT count(*) FROM moved) AS moved, notified.id AS notification_id, notified.task,
+       notified.queue, notified.kwargs
+FROM (SELECT 1) AS one LEFT JOIN notified ON true
 """.replace("SUCCESS_STAMP_SECONDS", str(SUCCESS_STAMP_SECONDS)).replace(
     "CLOCK5", CLOCK.format(param="$5"))
 
@@ -129,7 +151,7 @@ SELECT count(*) FROM moved
 # second pass finds the twin's row.
 ACCEPT_SQL = """
 PREPARE mailrelay_accept(text, text, integer, text, text, text, text, text, text, bigint,
-                         integer, timestamp, integer, text, text, text, boolean) AS
+                         integer, timestamp, integer, text, text, text, boolean, text) AS
 WITH earlier AS (
     SELECT 1 AS rank, id, state, error_code, content_hash, provider FROM messages
     WHERE $2::text IS NOT NULL AND request_id = $2
@@ -140,9 +162,9 @@ WITH earlier AS (
     INSERT INTO messages (id, request_id, account_id, from_address, provider, state,
                           idempotency_key, content_hash, rfc822_message_id, payload, size_bytes,
                           recipient_count, attempt_count, verify_before_send, created_at,
-                          updated_at, html_removed, route, via_address)
+                          updated_at, html_removed, route, via_address, notify)
     SELECT $1, $2, $3, $4, $5, 'queued', $6, $7, $8, $9, $10, $11, 0, false, $12, $12, $13,
-           $14, $15
+           $14, $15, $18
     WHERE NOT $17 AND NOT EXISTS (SELECT 1 FROM earlier)
     RETURNING id
 ), audited AS (
@@ -164,7 +186,7 @@ SELECT id, address, provider, state, html_policy FROM accounts WHERE address = $
 ACCEPT = ("EXECUTE mailrelay_accept(%(id)s, %(request_id)s, %(account_id)s, %(from_address)s, "
           "%(provider)s, %(idempotency_key)s, %(content_hash)s, %(rfc822_message_id)s, "
           "%(payload)s, %(size_bytes)s, %(recipient_count)s, %(created_at)s, %(html_removed)s, "
-          "%(route)s, %(via_address)s, %(actor)s, %(refuse)s)")
+          "%(route)s, %(via_address)s, %(actor)s, %(refuse)s, %(notify)s)")
 ACCOUNT = "EXECUTE mailrelay_account(%(address)s)"
 
 CLAIM = ("EXECUTE mailrelay_claim(%(message_id)s, %(owner)s, %(lease_seconds)s, %(now)s, "
@@ -172,7 +194,7 @@ CLAIM = ("EXECUTE mailrelay_claim(%(message_id)s, %(owner)s, %(lease_seconds)s, 
 FINISH = ("EXECUTE mailrelay_finish(%(message_id)s, %(owner)s, %(attempt_id)s, %(state)s, "
           "%(now)s, %(verify)s, %(code)s, %(detail)s, %(next_attempt_at)s, %(sent)s, "
           "%(provider_message_id)s, %(attempt_outcome)s, %(attempt_detail)s, %(latency_ms)s, "
-          "%(note)s, %(lost_reason)s, %(retry_in)s, %(provider_ms)s)")
+          "%(note)s, %(lost_reason)s, %(retry_in)s, %(provider_ms)s, %(notify_retry_after)s)")
 
 
 def run(statement: str, params: dict[str, Any], *, every_row: bool = False) -> Any:

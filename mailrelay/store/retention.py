@@ -12,7 +12,9 @@ and audit MAILRELAY_ROW_RETENTION after it ended. An ended message's ``updated_a
 when it ended: nothing else writes it until a replay starts it again, and none of this
 writes it.
 
-Whatever its age, a message still in flight keeps its key, its payload and its row. Every
+Whatever its age, a message still in flight keeps its key, its payload and its row, and a
+message whose outcome notification is still pending keeps its row (the notification goes
+with the row once published). Every
 job here works in batches, one short transaction each, walking a partial index oldest
 first, so that a backlog never holds long locks on the deliver path.
 """
@@ -25,7 +27,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, TextClause, delete, func, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    TextClause,
+    delete,
+    exists,
+    func,
+    select,
+    text,
+    update,
+)
 
 from mailrelay.config import get_settings
 from mailrelay.store.db import db_errors, get_engine
@@ -34,6 +46,7 @@ from mailrelay.store.models import (
     AUDIT,
     ENDED,
     MESSAGES,
+    NOTIFICATIONS,
     PAYLOAD_KEPT,
     PAYLOAD_PURGED,
 )
@@ -55,6 +68,9 @@ _KEPT = text(PAYLOAD_KEPT)
 _PURGED = text(PAYLOAD_PURGED)
 _ENDED = text(ENDED)
 Condition = ColumnElement[bool] | TextClause
+_n = NOTIFICATIONS.c
+# A row is kept while the producer has not been told how it ended.
+_TOLD = ~exists().where(_n.message_id == _m.id, _n.state == "pending")
 
 
 def expire_keys(retention: dt.timedelta, *, now: dt.datetime | None = None,
@@ -101,11 +117,13 @@ class Removed:
     messages: int = 0
     attempts: int = 0
     audit: int = 0
+    notifications: int = 0
     complete: bool = True
 
     def counts(self) -> dict[str, int]:
         return {"payloads": self.payloads, "messages": self.messages,
-                "attempts": self.attempts, "audit": self.audit}
+                "attempts": self.attempts, "audit": self.audit,
+                "notifications": self.notifications}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,7 +164,7 @@ def due(retention: Retention, *, now: dt.datetime | None = None) -> Due:
     row_cutoff, payload_cutoff = now - retention.rows, now - retention.payload
     count = select(func.count()).select_from(MESSAGES)
     with db_errors(), get_engine().connect() as conn:
-        messages = sum(conn.execute(count.where(index, _ENDED, _m.updated_at < row_cutoff))
+        messages = sum(conn.execute(count.where(index, _ENDED, _m.updated_at < row_cutoff, _TOLD))
                        .scalar_one() for index in (_PURGED, _KEPT))
         payloads = conn.execute(count.where(_KEPT, _m.updated_at < payload_cutoff,
                                             _m.updated_at >= row_cutoff)).scalar_one()
@@ -171,7 +189,7 @@ def _delete_rows(index: Condition, cutoff: dt.datetime, batch: int,
                  deadline: float | None, removed: Removed) -> bool:
     """Delete the messages in ``index`` that ended before ``cutoff``, their attempts and
     audit first (the attempts' foreign key); True when none is left."""
-    where = (index, _ENDED, _m.updated_at < cutoff)
+    where = (index, _ENDED, _m.updated_at < cutoff, _TOLD)
     while not _out_of_time(deadline):
         with db_errors(), get_engine().begin() as conn:
             rows = _oldest(conn, where, batch)
@@ -183,6 +201,8 @@ def _delete_rows(index: Condition, cutoff: dt.datetime, batch: int,
                     delete(ATTEMPTS).where(ATTEMPTS.c.message_id.in_(still))).rowcount
                 removed.audit += conn.execute(
                     delete(AUDIT).where(AUDIT.c.message_id.in_(still))).rowcount
+                removed.notifications += conn.execute(
+                    delete(NOTIFICATIONS).where(_n.message_id.in_(still))).rowcount
                 removed.messages += conn.execute(
                     delete(MESSAGES).where(_m.id.in_(ids), *where)).rowcount
         if len(rows) < batch and len(ids) == len(rows):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from mailrelay import notify
 from mailrelay.celery_app import app
 from mailrelay.logctx import get_logger
 from mailrelay.metrics import RECONCILE_RUNS, RETENTION_REMOVED
 from mailrelay.reconcile import reconcile as reconcile_once
 from mailrelay.tasks.base import MailrelayTask
+from mailrelay.tasks.outcomes import publish_outcome
 from mailrelay.tasks.routing import enqueue_delivery
 
 RECONCILE_TASK = "mailrelay.reconcile"
@@ -24,12 +26,16 @@ log = get_logger(__name__)
 def reconcile(self: MailrelayTask) -> int:
     try:
         count = reconcile_once(enqueue_delivery)
+        # Outcomes a worker could not publish (or died before publishing).
+        published = notify.republish_due(publish_outcome)
     except Exception:
         RECONCILE_RUNS.labels(result="error").inc()
         raise
     RECONCILE_RUNS.labels(result="ok").inc()
     if count:
         log.warning("re-enqueued %d stranded messages", count)
+    if published:
+        log.warning("published %d pending outcome notifications", published)
     return count
 
 
@@ -59,9 +65,10 @@ def purge_outbox(self: MailrelayTask) -> dict[str, int | bool]:
             RETENTION_REMOVED.labels(kind=kind).inc(count)
     if any(counts.values()) or not removed.complete:
         # Counts only: never an id, an address or content.
-        log.info("retention: deleted %d messages (%d attempts, %d audit rows), dropped %d "
-                 "payloads%s", removed.messages, removed.attempts, removed.audit,
-                 removed.payloads, "" if removed.complete else "; more left for the next run")
+        log.info("retention: deleted %d messages (%d attempts, %d audit rows, %d notifications), "
+                 "dropped %d payloads%s", removed.messages, removed.attempts, removed.audit,
+                 removed.notifications, removed.payloads,
+                 "" if removed.complete else "; more left for the next run")
     return removed.as_dict()
 
 

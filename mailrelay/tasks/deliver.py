@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from mailrelay import notify
 from mailrelay.celery_app import DELIVER_TASK, app
 from mailrelay.config import get_settings
 from mailrelay.delivery import deliver as deliver_once
 from mailrelay.logctx import get_logger
 from mailrelay.tasks.base import MailrelayTask
+from mailrelay.tasks.outcomes import publish_outcome
 from mailrelay.tasks.routing import enqueue_delivery
 
 log = get_logger(__name__)
@@ -26,6 +28,7 @@ def deliver(self: MailrelayTask, message_id: Any = None) -> str | None:
         log.warning("mailrelay.deliver called without a message id; dropped")
         return None
     report = deliver_once(message_id, worker=self.worker_name)
+    notify.publish(report.notification, publish_outcome)
     if report.retry_in is not None and report.provider:
         enqueue_delivery(report.message_id, report.provider, countdown=report.retry_in)
     return report.state

@@ -17,13 +17,18 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 _BROKER = '"redis://127.0.0.1:6379/0"'
 
 
+def readme_block(after: str) -> str:
+    """The first Python block of the README after the text ``after``, verbatim."""
+    text = README.read_text()
+    start = text.index(after)
+    found = re.search(r"```python\n(.*?)```", text[start:], re.S)
+    assert found, f"the README's Python block after {after!r} is gone"
+    return found.group(1)
+
+
 def readme_snippet() -> str:
     """The README's producer block, verbatim."""
-    text = README.read_text()
-    start = text.index("From a service that does not install mailrelay")
-    found = re.search(r"```python\n(.*?)```", text[start:], re.S)
-    assert found, "the README's producer snippet is gone"
-    return found.group(1)
+    return readme_block("From a service that does not install mailrelay")
 
 
 def run(code: str, broker_url: str) -> dict[str, Any]:

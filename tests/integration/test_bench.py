@@ -53,7 +53,7 @@ def test_a_small_run_prints_every_key(private_services: dict[str, str]) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "mailrelay.cli", "bench", "--messages", "16", "--rounds", "1",
          "--concurrency", "2", "--latency-ms", "0", "--producers", "1",
-         "--intake-concurrency", "1", "--herd", "8", "--database-url",
+         "--intake-concurrency", "1", "--herd", "8", "--notify", "--database-url",
          private_services["MAILRELAY_DATABASE_URL"], "--json"],
         env=env, capture_output=True, text=True, timeout=240, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -77,5 +77,10 @@ def test_a_small_run_prints_every_key(private_services: dict[str, str]) -> None:
     assert (settings["provider"], settings["database"], settings["messages"]) == (
         "gmail", "postgresql", 16)
     assert [s["latency_ms"] for s in result["by_latency"]] == [0]
+    # --notify: the same messages with a notify, every outcome published, and what it cost.
+    notify = result["notify"]
+    assert notify["per_s"] > 0 and notify["cpu_ms_per_send"] > 0
+    assert isinstance(notify["cpu_ms_added"], float) and settings["notify"] is True
+    assert {"worker", "postgres"} <= set(notify["cpu_ms_by_process"])
     # No address or URL of the run's services in what it prints.
     assert "127.0.0.1" not in run.stdout and "@example" not in run.stdout

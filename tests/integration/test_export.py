@@ -62,6 +62,13 @@ def test_the_export_pushes_the_outbox_and_the_queues(sink_account: str, clean_re
                      {"id": ids[3]})
         conn.execute(text("UPDATE messages SET state = 'failed', error_code = 'provider_rejected', "
                           "updated_at = now() WHERE id = :id"), {"id": ids[4]})
+        # Its outcome notification, unpublished for 200 s; and a published one, not counted.
+        for replays, state in ((0, "pending"), (1, "published")):
+            conn.execute(text(
+                "INSERT INTO notifications (message_id, replays, outcome, state, task, queue, "
+                "kwargs, created_at, next_try_at, tries) VALUES (:id, :replays, 'failed', "
+                ":state, 't', 'q', '{}', (now() AT TIME ZONE 'UTC') - interval '200 seconds', "
+                "now() AT TIME ZONE 'UTC', 0)"), {"id": ids[4], "replays": replays, "state": state})
 
     assert export.export(queue_stats.read, INTERVALS) is True
 
@@ -82,6 +89,8 @@ def test_the_export_pushes_the_outbox_and_the_queues(sink_account: str, clean_re
     assert _one(samples("mailrelay_outbox_failed_last_hour"), provider="sink",
                 code="provider_rejected") == 1
     assert _one(samples("mailrelay_accounts"), provider="sink", state="active") == 1
+    assert _one(samples("mailrelay_notifications_pending")) == 1
+    assert 200 <= _one(samples("mailrelay_notifications_oldest_pending_age_seconds")) < 230
     lengths = samples("mailrelay_queue_length")
     assert _one(lengths, queue="mailrelay.sink", provider="sink") == 5
     assert _one(lengths, queue="mailrelay.intake", provider="") == 0

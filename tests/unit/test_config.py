@@ -156,3 +156,16 @@ def test_a_postgresql_driver_not_shipped_is_refused_in_one_line() -> None:
     message = str(err.value)
     assert message.startswith("MAILRELAY_DATABASE_URL=") and "psycopg2" in message
     assert "S3cretPw" not in message and "\n" not in message
+
+
+def test_the_default_outcome_target_is_both_names_or_neither_and_of_sane_shape() -> None:
+    settings = config.load({"MAILRELAY_NOTIFY_TASK": "billing.mail_outcome",
+                            "MAILRELAY_NOTIFY_QUEUE": "billing.events"})
+    assert (settings.notify_task, settings.notify_queue) == ("billing.mail_outcome",
+                                                            "billing.events")
+    with pytest.raises(ConfigError, match="go together"):
+        config.load({"MAILRELAY_NOTIFY_TASK": "billing.mail_outcome"})
+    with pytest.raises(ConfigError, match="MAILRELAY_NOTIFY_QUEUE"):
+        config.load({"MAILRELAY_NOTIFY_TASK": "t", "MAILRELAY_NOTIFY_QUEUE": "mailrelay.intake"})
+    with pytest.raises(ConfigError, match="MAILRELAY_NOTIFY_TASK"):
+        config.load({"MAILRELAY_NOTIFY_TASK": "not a name", "MAILRELAY_NOTIFY_QUEUE": "q"})

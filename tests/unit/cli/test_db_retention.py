@@ -24,7 +24,7 @@ from tests.unit.cli.conftest import snapshot
 SENDER = "sender@example.com"
 DAY = dt.timedelta(days=1)
 TABLES = {"accounts", "messages", "attempts", "audit", "sink_deliveries", "rollouts",
-          "rollout_decisions"}
+          "rollout_decisions", "notifications"}
 
 
 def run(*args: str) -> Result:

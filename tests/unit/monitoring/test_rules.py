@@ -28,6 +28,7 @@ EXPECTED_ALERTS = {
     "MailrelayRolloutNeedsAttention", "MailrelayRolloutControllerStalled", "MailrelayBeatDown",
     "MailrelayExportStale", "MailrelayWorkerDown", "MailrelayIntakeRejectionSpike",
     "MailrelayHtmlSanitizationSpike", "MailrelayDeadLettered",
+    "MailrelayNotificationsPendingOld",
 }
 
 

@@ -41,6 +41,7 @@ OPERATIONS = {
     "scale workers for a backlog": "scale-workers.md",
     "a poison message": "poison-message.md",
     "check and run the outbox's retention": "retention.md",
+    "publish pending outcome notifications": "notifications.md",
 }
 # Pages that are not a runbook of their own: the index and the drills' walk-through.
 NOT_RUNBOOKS = {"README.md", "drills.md"}

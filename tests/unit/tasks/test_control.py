@@ -39,13 +39,14 @@ def test_the_beat_job_removes_counts_and_logs_counts_only(
     before = {kind: _removed(kind) for kind in ("payloads", "messages", "attempts", "audit")}
     with caplog.at_level(logging.INFO, logger="mailrelay"):
         result = purge_outbox.apply().get()
-    assert result == {"payloads": 1, "messages": 1, "attempts": 1, "audit": 3, "complete": True}
+    assert result == {"payloads": 1, "messages": 1, "attempts": 1, "audit": 3,
+                      "notifications": 0, "complete": True}
     assert {kind: _removed(kind) - before[kind] for kind in before} == {
         "payloads": 1, "messages": 1, "attempts": 1, "audit": 3}
     assert outbox.status(old) is None
     assert (outbox.status(week) or {})["payload_purged_at"]
     assert (outbox.status(new) or {})["payload_purged_at"] is None
     logged = "\n".join(record.getMessage() for record in caplog.records)
-    assert "deleted 1 messages (1 attempts, 3 audit rows), dropped 1 payloads" in logged
+    assert "deleted 1 messages (1 attempts, 3 audit rows, 0 notifications), dropped 1 payloads" in logged
     assert not [text for text in (old, week, new, sink_account, "ada@", "secret words")
                 if text in logged]
