@@ -81,6 +81,17 @@ def billing(tmp_path: Path) -> Iterator[Callable[[str], Billing]]:
     yield start
     for service in started:
         service.stop()
+    if started and services.BROKER == "rabbitmq":
+        # The producer's worker declared a classic queue in the run's vhost: other tests
+        # check that the vhost holds mailrelay's quorum queues only.
+        _delete_queue("billing.events")
+
+
+def _delete_queue(name: str) -> None:
+    from mailrelay.celery_app import app
+
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_delete(name)
 
 
 def _grant(emulator: EmulatorHandle, address: str) -> None:
@@ -167,11 +178,9 @@ def test_a_queue_nobody_declared_keeps_the_outcome_pending_until_it_exists(
         fast_settings: dict[str, str], billing: Callable[[str], Billing]) -> None:
     """RabbitMQ drops what no queue takes; mailrelay's publish is mandatory, so the
     outcome stays pending (queue_not_found) instead of being lost."""
-    from mailrelay.celery_app import app
     from mailrelay.client import submit
 
-    with app.connection_for_write() as connection:  # an earlier test's billing worker made it
-        connection.default_channel.queue_delete("billing.events")
+    _delete_queue("billing.events")  # whatever an earlier test left
     env = {**fast_settings, "MAILRELAY_NOTIFY_RETRY_AFTER": "1"}
     start_worker("mailrelay.gmail", concurrency=2, extra_env=env)
     ids = [submit(_message(gmail_account, n)).message_id for n in range(5)]

@@ -54,7 +54,7 @@ def test_reconcile_by_hand_brings_back_what_redis_lost(
 
     start_worker("mailrelay.sink", concurrency=4)
     code, done = mailrelay("reconcile")
-    assert (code, done) == (0, {"dry_run": False, "enqueued": 12})
+    assert (code, done) == (0, {"dry_run": False, "enqueued": 12, "notifications_published": 0})
     wait_for(lambda: _sent() == 12, 60, "every lost message sent")
     assert scalar("SELECT count(*) FROM sink_deliveries") == 12  # each once
     assert mailrelay("reconcile", "--dry-run")[1]["would_enqueue"] == 0

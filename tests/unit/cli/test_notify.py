@@ -4,6 +4,7 @@ real PostgreSQL and the run's broker: ids and codes only, never metadata or cont
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
@@ -40,8 +41,9 @@ def _sent(sender: str, queue: str = NOTIFY["queue"]) -> str:
 
 
 @pytest.fixture
-def declared_queue() -> None:
-    """The producer's queue exists (RabbitMQ refuses a publish to one that does not)."""
+def declared_queue() -> Iterator[None]:
+    """The producer's queue exists (RabbitMQ refuses a publish to one that does not), for
+    this test only (other tests check that the vhost holds mailrelay's queues only)."""
     from kombu.entity import Queue
 
     from mailrelay.celery_app import app
@@ -50,6 +52,9 @@ def declared_queue() -> None:
         channel = connection.default_channel
         Queue(NOTIFY["queue"], durable=False)(channel).declare()  # type: ignore[no-untyped-call]
         channel.queue_purge(NOTIFY["queue"])
+    yield
+    with app.connection_for_write() as connection:
+        connection.default_channel.queue_delete(NOTIFY["queue"])
 
 
 def test_pending_lists_ids_and_codes_and_publish_empties_it(
