@@ -59,18 +59,25 @@ def _cause(err: Exception) -> str:
     return type(inner).__name__
 
 
+def _send(pending: Pending, send: Publisher) -> str | None:
+    """Publish one notification, counting the result; the failure's code, or None."""
+    try:
+        send(pending)
+    except Exception as err:  # every failure leaves it to the reconciler
+        _failed(pending, _code(err), _cause(err))
+        return _code(err)
+    NOTIFICATIONS.labels(result="published", code="").inc()
+    return None
+
+
 def publish(pending: Pending | None, send: Publisher) -> bool:
     """Publish one notification and mark it; False when the broker did not take it (it
     stays pending for the reconciler). Never raises for the broker's sake or the
     database's: the outcome it reports is committed whatever happens here."""
     if pending is None:
         return True
-    try:
-        send(pending)
-    except Exception as err:  # every failure leaves it to the reconciler
-        _failed(pending, _code(err), _cause(err))
+    if _send(pending, send) is not None:
         return False
-    NOTIFICATIONS.labels(result="published", code="").inc()
     try:
         notifications.mark_published([pending.id])
     except MailrelayError as err:
@@ -104,19 +111,14 @@ def republish_due(send: Publisher, *, limit: int = BATCH, seconds: float = RUN_S
     while True:
         due = notifications.take_due(limit=limit, hold=hold)
         done: list[int] = []
-        broker_away = False
+        failure = None
         for pending in due:
-            try:
-                send(pending)
-            except Exception as err:  # counted, left pending
-                _failed(pending, _code(err), _cause(err))
-                if _code(err) == BROKER_UNAVAILABLE:
-                    broker_away = True
-                    break
-                continue
-            done.append(pending.id)
-            NOTIFICATIONS.labels(result="published", code="").inc()
+            failure = _send(pending, send)
+            if failure == BROKER_UNAVAILABLE:
+                break
+            if failure is None:
+                done.append(pending.id)
         notifications.mark_published(done)
         total += len(done)
-        if broker_away or len(due) < limit or time.monotonic() > ends:
+        if failure == BROKER_UNAVAILABLE or len(due) < limit or time.monotonic() > ends:
             return total

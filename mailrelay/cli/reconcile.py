@@ -38,14 +38,11 @@ def command(dry_run: bool, as_json: bool) -> None:
                   "ids": [item.message_id for item in found]}
     else:
         from mailrelay.cli import preflight
-        from mailrelay.notify import republish_due
-        from mailrelay.reconcile import reconcile
-        from mailrelay.tasks.outcomes import publish_outcome
-        from mailrelay.tasks.routing import enqueue_delivery
+        from mailrelay.tasks.control import reconcile_all
 
         preflight.check_broker()
-        result = {"dry_run": False, "enqueued": reconcile(enqueue_delivery),
-                  "notifications_published": republish_due(publish_outcome)}
+        enqueued, published = reconcile_all()
+        result = {"dry_run": False, "enqueued": enqueued, "notifications_published": published}
     if as_json:
         emit_json(result)
     elif dry_run:

@@ -22,12 +22,17 @@ EXPORT_TASK = "mailrelay.export_metrics"
 log = get_logger(__name__)
 
 
+def reconcile_all() -> tuple[int, int]:
+    """One reconciler run, as beat, `mailrelay reconcile` and the tests make it: stranded
+    messages re-enqueued, then the due outcome notifications (a worker could not publish
+    them, or died first) published; how many of each."""
+    return reconcile_once(enqueue_delivery), notify.republish_due(publish_outcome)
+
+
 @app.task(name=RECONCILE_TASK, base=MailrelayTask, bind=True)
 def reconcile(self: MailrelayTask) -> int:
     try:
-        count = reconcile_once(enqueue_delivery)
-        # Outcomes a worker could not publish (or died before publishing).
-        published = notify.republish_due(publish_outcome)
+        count, published = reconcile_all()
     except Exception:
         RECONCILE_RUNS.labels(result="error").inc()
         raise

@@ -138,15 +138,11 @@ class Outage:
 
 RECONCILE_LOOP = """
 import sys, time
-from mailrelay.notify import republish_due
-from mailrelay.reconcile import reconcile
-from mailrelay.tasks.outcomes import publish_outcome
-from mailrelay.tasks.routing import enqueue_delivery
+from mailrelay.tasks.control import reconcile_all
 while True:
     time.sleep(float(sys.argv[1]))
     try:
-        reconcile(enqueue_delivery)
-        republish_due(publish_outcome)
+        reconcile_all()
     except Exception as err:  # Redis may be down for a moment: the next round tries again
         print("reconcile failed:", type(err).__name__, flush=True)
 """
